@@ -1,0 +1,39 @@
+"""Data sets: real data with download → verify → cache (``cache.py``), embedded and generated data.
+
+Imports are lazy: ``neuralode.data.load_mnist`` imports ``neuralode.data.mnist`` on first use,
+so adding a data module costs nothing to the others. To add one, put the module here and add
+its public names to ``_EXPORTS`` (name -> module).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    # cache.py — shared download/verify/cache helper
+    "DataUnavailableError": "cache",
+    "ChecksumError": "cache",
+    "Resource": "cache",
+    "cache_dir": "cache",
+    "data_root": "cache",
+    "fetch": "cache",
+    "fetch_all": "cache",
+    # images
+    "load_mnist": "mnist",
+    "load_cifar10": "cifar10",
+    "load_digits": "digits",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'neuralode.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
