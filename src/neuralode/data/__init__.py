@@ -20,6 +20,7 @@ _EXPORTS: dict[str, str] = {
     "fetch": "cache",
     "fetch_all": "cache",
     # images
+    "ImageSet": "images",
     "load_mnist": "mnist",
     "load_cifar10": "cifar10",
     "load_digits": "digits",
