@@ -1,0 +1,7 @@
+"""``python -m neuralode`` runs the command-line interface."""
+
+import sys
+
+from neuralode.cli import main
+
+sys.exit(main())
