@@ -92,8 +92,15 @@ def summary_report(runs: Sequence[Mapping[str, Any]], root: str | os.PathLike[st
             "headline metrics": headline or (r.get("error") or "")[:200],
         })
     n_failed = sum(r["status"] != "completed" for r in runs)
+    env = next((r["config"] for r in runs if isinstance(r.get("config"), Mapping)), None)
+    env_line = ""
+    if env is not None:
+        commit = (env.get("git_commit") or "unknown")[:10]
+        env_line = (f"Commit `{commit}` · torch {env.get('torch')} · python {env.get('python')} · "
+                    f"device {env.get('device')} · seed {env.get('seed')} · started {env.get('started_at')}\n")
     parts = [f"# {title}\n",
              f"{len(runs)} experiment(s), {len(runs) - n_failed} completed, {n_failed} not completed.\n",
+             env_line,
              metrics_table(overview, ["experiment", "status", "time (s)", "headline metrics"])]
     for r in runs:
         parts.append(f"\n## {r['name']}\n")
