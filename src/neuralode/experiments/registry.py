@@ -115,8 +115,9 @@ def discover(force: bool = False) -> dict[str, str]:
             importlib.import_module(full)
             _IMPORT_ERRORS.pop(full, None)
         except Exception as e:  # noqa: BLE001 - a broken module is reported, not fatal
-            tb = traceback.extract_tb(e.__traceback__)
-            where = f" ({tb[-1].filename}:{tb[-1].lineno})" if tb else ""
+            frames = [f for f in traceback.extract_tb(e.__traceback__) if not f.filename.startswith("<frozen")]
+            # A SyntaxError names its own file and line; otherwise point at the raising line.
+            where = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames and not isinstance(e, SyntaxError) else ""
             _IMPORT_ERRORS[full] = f"{type(e).__name__}: {e}{where}"
     _discovered = True
     return dict(_IMPORT_ERRORS)
