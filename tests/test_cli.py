@@ -164,3 +164,15 @@ def test_bench_runs_the_scripts_or_says_it_needs_a_checkout(tmp_path, monkeypatc
 def test_python_dash_m_neuralode_works():
     proc = subprocess.run([sys.executable, "-m", "neuralode", "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "demo" in proc.stdout and "bench" in proc.stdout
+
+
+def test_default_folders_are_timestamped_and_resume_finds_the_interrupted_one(toys, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    INTERRUPT_AT["at"] = 2
+    assert cli.main(["run", "toy-cli", "--quick"]) == 130
+    [folder] = (tmp_path / "runs").iterdir()
+    assert folder.name.startswith("toy-cli-") and (folder / "checkpoint.pt").exists()
+    assert cli.main(["run", "toy-cli", "--quick", "--resume"]) == 0
+    assert str(folder.relative_to(tmp_path)) in capsys.readouterr().out
+    assert json.loads((folder / "result.json").read_text())["steps"] == 6
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == [folder.name]
