@@ -68,7 +68,9 @@ class SolverConfig:
 
     @property
     def fixed(self) -> bool:
-        return self.method in ("euler", "midpoint", "rk4", "heun", "explicit_midpoint", "heun2", "rk3", "ssprk3")
+        from neuralode import FIXED_METHODS
+
+        return self.method in FIXED_METHODS
 
 
 @dataclass
@@ -138,13 +140,13 @@ class ODERNN(nn.Module):
     """
 
     def __init__(self, n_channels: int, hidden: int = 50, ode_hidden: int = 50,
-                 solver: SolverConfig = SolverConfig(), time_scale: float = 1 / 48):
+                 solver: SolverConfig = SolverConfig(), time_scale: float = 1 / 48, decoder: bool = True):
         super().__init__()
         self.hidden, self.solver, self.time_scale = hidden, solver, time_scale
         self.state_dim = hidden
         self.func = ODEFunc(hidden, ode_hidden)
         self.cell = nn.GRUCell(2 * n_channels, hidden)
-        self.decoder = nn.Linear(hidden, n_channels)
+        self.decoder = nn.Linear(hidden, n_channels) if decoder else None  # None: encoder use only
 
     def run(self, times: Tensor, values: Tensor, mask: Tensor, reverse: bool = False) -> tuple[Tensor, Tensor, int]:
         """Hidden states before each row's update (B, T, H), the final state, and NFE.
@@ -183,12 +185,12 @@ class GRUDelta(nn.Module):
     The prediction of a row is ``Linear([h, Δt])``: the state before the row plus the gap.
     """
 
-    def __init__(self, n_channels: int, hidden: int = 50, time_scale: float = 1 / 48):
+    def __init__(self, n_channels: int, hidden: int = 50, time_scale: float = 1 / 48, decoder: bool = True):
         super().__init__()
         self.hidden, self.time_scale = hidden, time_scale
         self.state_dim = hidden
         self.cell = nn.GRUCell(2 * n_channels + 1, hidden)
-        self.decoder = nn.Linear(hidden + 1, n_channels)
+        self.decoder = nn.Linear(hidden + 1, n_channels) if decoder else None  # None: encoder use only
 
     def run(self, times: Tensor, values: Tensor, mask: Tensor, reverse: bool = False) -> tuple[Tensor, Tensor]:
         B, T, _ = values.shape
@@ -282,9 +284,9 @@ class LatentODE(nn.Module):
         self.encoder_kind, self.latent, self.time_scale = encoder, latent, time_scale
         self.state_dim = latent
         if encoder == "odernn":
-            self.encoder: nn.Module = ODERNN(n_channels, rec_hidden, units, enc_solver, time_scale)
+            self.encoder: nn.Module = ODERNN(n_channels, rec_hidden, units, enc_solver, time_scale, decoder=False)
         else:
-            self.encoder = GRUDelta(n_channels, rec_hidden, time_scale)
+            self.encoder = GRUDelta(n_channels, rec_hidden, time_scale, decoder=False)
         self.to_z0 = nn.Sequential(nn.Linear(rec_hidden, units), nn.Tanh(), nn.Linear(units, 2 * latent))
         self.func = ODEFunc(latent, units, layers=3)
         self.dec_solver = dec_solver

@@ -1,0 +1,145 @@
+"""Models for irregular multivariate series: shapes, causality, masking, NFE, losses."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from neuralode.nn import irregular as I
+
+torch.set_num_threads(1)
+C = 5
+
+
+def _batch(B: int = 3, T: int = 7, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    times = torch.cumsum(torch.rand(T, generator=g) * 2 + 0.1, 0)
+    values = torch.randn(B, T, C, generator=g)
+    mask = (torch.rand(B, T, C, generator=g) < 0.5).float()
+    mask[:, 0] = 1.0  # everyone observed at the first row
+    return times, values, mask
+
+
+def _models():
+    return {name: I.build_model(name, C, hidden=8, latent=4, rec_hidden=8, units=8) for name in I.MODEL_NAMES}
+
+
+@pytest.mark.parametrize("name", I.MODEL_NAMES)
+def test_every_model_maps_a_batch_to_predictions_state_kl_and_nfe(name):
+    torch.manual_seed(0)
+    model = _models()[name]
+    times, values, mask = _batch()
+    out = model(times, values, mask)
+    assert out.pred.shape == values.shape
+    assert out.state.shape == (3, model.state_dim)
+    assert out.kl.shape == (3,)
+    if name.startswith("gru"):
+        assert out.nfe == 0 and torch.all(out.kl == 0)
+    else:
+        assert out.nfe > 0
+    loss = I.masked_mse(out.pred, values, mask) + out.kl.mean() + I.ClassifierHead(model.state_dim, 4)(out.state).sum()
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize("name", ["gru_dt", "gru_decay", "ode_rnn"])
+def test_sequence_models_predict_a_row_without_reading_it(name):
+    """Changing row i's values changes no prediction at rows <= i (one-step-ahead, causal)."""
+    torch.manual_seed(0)
+    model = _models()[name].eval()
+    times, values, mask = _batch()
+    i = 4
+    poked = values.clone()
+    poked[:, i:] += 10.0
+    with torch.no_grad():
+        a, b = model(times, values, mask).pred, model(times, poked, mask).pred
+    torch.testing.assert_close(a[:, : i + 1], b[:, : i + 1])
+    assert not torch.allclose(a[:, i + 1 :], b[:, i + 1 :])
+
+
+@pytest.mark.parametrize("name", I.MODEL_NAMES)
+def test_unobserved_entries_do_not_influence_the_model(name):
+    """Values where mask == 0 (held-out or missing) are never read."""
+    torch.manual_seed(0)
+    model = _models()[name].eval()
+    times, values, mask = _batch()
+    noisy = values + 100.0 * (1 - mask)
+    with torch.no_grad():
+        a, b = model(times, values, mask), model(times, noisy, mask)
+    torch.testing.assert_close(a.pred, b.pred)
+    torch.testing.assert_close(a.state, b.state)
+
+
+def test_ode_rnn_with_a_zero_field_and_no_observations_keeps_its_state():
+    model = I.ODERNN(C, hidden=6, ode_hidden=6)
+    for p in model.func.parameters():
+        torch.nn.init.zeros_(p)
+    times, values, mask = _batch()
+    mask[:, 1:] = 0.0
+    with torch.no_grad():
+        before, h, nfe = model.run(times, values, mask)
+    torch.testing.assert_close(before[:, -1], h)  # nothing moves it after the first update
+    assert nfe == len(times) - 1  # Euler, one step per gap shorter than max_step
+    torch.testing.assert_close(before[:, 0], torch.zeros(3, 6))
+
+
+def test_fixed_step_solver_takes_ceil_of_gap_over_max_step():
+    func = I.ODEFunc(2, 4)
+    y0 = torch.zeros(1, 2)
+    _, nfe = I._evolve(func, y0, 0.25, I.SolverConfig("euler", max_step=0.1))
+    assert nfe == 3
+    _, nfe = I._evolve(func, y0, 0.25, I.SolverConfig("rk4", max_step=0.1))
+    assert nfe == 12
+
+
+def test_latent_ode_samples_in_training_and_uses_the_mean_in_evaluation():
+    torch.manual_seed(0)
+    model = _models()["latent_ode_odernn"]
+    times, values, mask = _batch()
+    model.eval()
+    with torch.no_grad():
+        a, b = model(times, values, mask).pred, model(times, values, mask).pred
+    torch.testing.assert_close(a, b)
+    model.train()
+    with torch.no_grad():
+        c = model(times, values, mask).pred
+    assert not torch.allclose(a, c)
+
+
+def test_latent_ode_encodes_only_up_to_the_last_observed_row():
+    """Trailing rows without input (extrapolation) do not change the encoding."""
+    torch.manual_seed(0)
+    model = _models()["latent_ode_odernn"].eval()
+    times, values, mask = _batch()
+    cut = mask.clone()
+    cut[:, 4:] = 0
+    with torch.no_grad():
+        m1, s1, _ = model.encode(times, values, cut)
+        m2, s2, _ = model.encode(times[:4], values[:, :4], cut[:, :4])
+    torch.testing.assert_close(m1, m2)
+    torch.testing.assert_close(s1, s2)
+
+
+def test_masked_losses_ignore_unobserved_entries():
+    pred = torch.zeros(2, 3, C)
+    target = torch.ones(2, 3, C)
+    mask = torch.zeros(2, 3, C)
+    mask[0, 0, 0] = 1
+    target_garbage = target + 1e6 * (1 - mask)
+    assert I.masked_mse(pred, target_garbage, mask).item() == pytest.approx(1.0)
+    nll = I.masked_gaussian_nll(pred, target_garbage, mask, std=0.5)
+    torch.testing.assert_close(nll, torch.tensor([1 / (2 * 0.25), 0.0]))
+    assert I.masked_mse(pred, target, torch.zeros_like(mask)).item() == 0.0
+
+
+def test_gru_decay_imputes_missing_inputs_towards_the_training_mean():
+    model = I.GRUDecay(C, hidden=4)
+    model.set_mean(torch.arange(C, dtype=torch.float32))
+    assert torch.equal(model.x_mean, torch.arange(C, dtype=torch.float32))
+
+
+def test_unknown_model_and_encoder_are_rejected():
+    with pytest.raises(ValueError, match="unknown model 'lstm'"):
+        I.build_model("lstm", C)
+    with pytest.raises(ValueError, match="encoder must be"):
+        I.LatentODE(C, encoder="cnn")
