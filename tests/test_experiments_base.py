@@ -361,3 +361,62 @@ def test_run_must_return_a_dict(tmp_path):
         assert json.loads((tmp_path / "n" / "status.json").read_text())["status"] == "failed"
     finally:
         registry.unregister("toy-none")
+
+
+DDP_SCRIPT = '''
+import dataclasses, sys
+import torch
+import torch.distributed as dist
+from neuralode import cli
+from neuralode.experiments.base import Run, cleanup_distributed, init_distributed
+from neuralode.experiments.registry import register
+
+torch.set_num_threads(1)
+
+
+@dataclasses.dataclass
+class Config:
+    steps: int = 3
+
+    @classmethod
+    def quick(cls):
+        return cls()
+
+
+def run(config, run: Run):
+    run.device = init_distributed(run.device)
+    model = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for step in range(config.steps):
+        loss = model(torch.randn(8, 2) + run.rank).pow(2).mean()  # different data per rank
+        opt.zero_grad(); loss.backward(); opt.step()
+        run.log(step, rank=run.rank)
+        run.save_checkpoint({"step": step, "model": model.module.state_dict()})
+    w = model.module.weight.detach().clone()
+    replicas = [torch.zeros_like(w) for _ in range(run.world_size)]
+    dist.all_gather(replicas, w)
+    cleanup_distributed()
+    return {"world_size": run.world_size, "replicas_equal": all(torch.equal(r, w) for r in replicas)}
+
+
+register("toy-ddp", config=Config, run=run, description="DDP toy")
+sys.exit(cli.main(["run", "toy-ddp", "--out", sys.argv[1]]))
+'''
+
+
+@pytest.mark.slow
+def test_torchrun_with_gloo_trains_in_sync_and_only_rank_0_writes(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+         str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "out" / "result.json").read_text()) == {"world_size": 2, "replicas_equal": True}
+    assert {r["rank"] for r in read_jsonl(tmp_path / "out" / "metrics.jsonl")} == {0}
+    assert proc.stdout.count("toy-ddp finished") == 1

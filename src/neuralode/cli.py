@@ -94,7 +94,7 @@ def _resume_command(args: argparse.Namespace, run_dir: Path) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from neuralode.experiments import registry
-    from neuralode.experiments.base import resolve_device
+    from neuralode.experiments.base import dist_info, resolve_device
     from neuralode.experiments.config import make_config
 
     # Validate everything the user typed before any work starts.
@@ -108,11 +108,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         _err(str(e))
         return EXIT_USAGE
     run_dir = Path(args.out) if args.out else registry.default_run_dir(args.name, resume=args.resume)
-    print(f"run folder: {run_dir}", file=sys.stderr)
+    main_rank = dist_info()[0] == 0  # under torchrun, only rank 0 talks
+    if main_rank:
+        print(f"run folder: {run_dir}", file=sys.stderr)
     try:
         outcome = registry.run_experiment(args.name, quick=args.quick, out=run_dir, seed=args.seed,
                                           device=args.device, resume=args.resume, config=config)
     except KeyboardInterrupt:
+        if not main_rank:
+            return EXIT_INTERRUPTED
         saved = (run_dir / "checkpoint.pt").exists()
         print(f"\ninterrupted. {'Checkpoint in ' + str(run_dir) if saved else 'No checkpoint was saved.'}",
               file=sys.stderr)
@@ -124,8 +128,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             _err(str(e))
             return EXIT_USAGE
         raise
-    print(f"\n{args.name} finished in {outcome.wall_time_s:.1f} s; run folder: {outcome.dir}")
-    print(_format_metrics(outcome.metrics))
+    if main_rank:
+        print(f"\n{args.name} finished in {outcome.wall_time_s:.1f} s; run folder: {outcome.dir}")
+        print(_format_metrics(outcome.metrics))
     return 0
 
 
