@@ -321,6 +321,9 @@ def run(config: Config, run) -> dict[str, Any]:
         curves[name] = result["roc"]
         recon[name] = result["recon"]
         nfe_curves[name] = result["nfe_train"]
+        if index < len(config.models) - 1:  # a partial report after each model: long runs never lose work
+            _report(run, config, data, rows, baseline, curves, recon, nfe_curves,
+                     _headline(rows, baseline, config), figures=False)
     metrics = _headline(rows, baseline, config)
     _report(run, config, data, rows, baseline, curves, recon, nfe_curves, metrics)
     return metrics
@@ -417,13 +420,14 @@ def _headline(rows: list[dict], baseline: dict, config: Config) -> dict[str, Any
     return metrics
 
 
-def _report(run, config, data, rows, baseline, curves, recon, nfe_curves, metrics) -> None:
+def _report(run, config, data, rows, baseline, curves, recon, nfe_curves, metrics, figures: bool = True) -> None:
     from neuralode.data.physionet import PARAMS
     from neuralode.report.markdown import image, metrics_table
 
     figs = []
     try:
-        figs = _figures(run, data, rows, curves, recon, nfe_curves, config)
+        if figures:
+            figs = _figures(run, data, rows, curves, recon, nfe_curves, config)
     except Exception as exc:  # noqa: BLE001 - a figure must not lose the measured table
         run.info(f"figures failed: {type(exc).__name__}: {exc}")
     columns = ["model", "interp_mse", "extrap_mse", "auc", "params", "s_per_epoch", "nfe_forward"]
@@ -449,6 +453,9 @@ def _report(run, config, data, rows, baseline, curves, recon, nfe_curves, metric
         metrics_table(table_rows, columns),
         "",
     ]
+    missing = [MODEL_LABELS[m] for m in config.models if m not in {r["key"] for r in rows}]
+    if missing:
+        lines += [f"*Partial report: still training {', '.join(missing)}.*", ""]
     if "best_ode_auc" in metrics and "best_rnn_auc" in metrics:
         lines += [
             f"- best ODE model interpolation MSE {metrics['best_ode_interp_mse']:.4g} vs best RNN baseline "
