@@ -124,6 +124,8 @@ def test_interrupted_run_prints_the_resume_command_which_finishes_it(toys, tmp_p
     assert "resume with:" in err and "--resume" in err and "--set lr=0.05" in err and "--quick" in err
     command = err.split("resume with:\n")[1].split()
     assert command[:2] == ["neuralode", "run"]
+    assert cli.main(["run", "toy-cli", "--out", str(out), "--resume"]) == 2  # forgot --quick / --set
+    assert "steps: saved 6, now 30" in capsys.readouterr().err
     assert cli.main(command[1:]) == 0
     assert json.loads((out / "result.json").read_text())["steps"] == 6
 

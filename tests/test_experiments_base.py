@@ -82,6 +82,20 @@ def test_wrong_values_are_rejected_with_the_key(item, match):
         parse_overrides(Cfg, [item])
 
 
+def test_field_descriptions_cope_with_required_fields():
+    @dataclasses.dataclass
+    class Needs:
+        data: str
+        n: int = 3
+
+        @classmethod
+        def quick(cls):
+            return cls("x")
+
+    with pytest.raises(ValueError, match=r"(?s)data: str = \(required\).*n: int = 3"):
+        parse_overrides(Needs, ["m=1"])
+
+
 def test_make_config_uses_quick_and_applies_overrides_and_round_trips_through_json():
     cfg = make_config(Cfg, quick=True, overrides=["lr=0.1"])
     assert (cfg.steps, cfg.lr) == (5, 0.1)

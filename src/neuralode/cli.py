@@ -123,11 +123,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         if saved:
             print(f"resume with:\n  {_resume_command(args, run_dir)}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except ValueError as e:
-        if "cannot resume" in str(e):
-            _err(str(e))
-            return EXIT_USAGE
-        raise
+    except registry.ResumeMismatchError as e:
+        _err(str(e))
+        return EXIT_USAGE
     if main_rank:
         print(f"\n{args.name} finished in {outcome.wall_time_s:.1f} s; run folder: {outcome.dir}")
         print(_format_metrics(outcome.metrics))

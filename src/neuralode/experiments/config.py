@@ -48,7 +48,10 @@ def _check_config_class(config_cls: Any) -> type:
 def field_types(config_cls: Any) -> dict[str, Any]:
     """Map each init field of a config dataclass to its resolved type annotation."""
     cls = _check_config_class(config_cls)
-    hints = typing.get_type_hints(cls)
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # noqa: BLE001 - an unresolvable forward reference: use what is there
+        hints = {f.name: f.type if not isinstance(f.type, str) else Any for f in dataclasses.fields(cls)}
     return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init}
 
 
@@ -64,10 +67,19 @@ def describe_fields(config_cls: Any) -> str:
     """One line per field, ``name: type = default``, for error messages and ``--help``."""
     cls = _check_config_class(config_cls)
     types_ = field_types(cls)
-    defaults = cls() if isinstance(config_cls, type) else config_cls
-    return "\n".join(
-        f"  {name}: {_type_name(tp)} = {getattr(defaults, name)!r}" for name, tp in types_.items()
-    )
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+
+    def default(name: str) -> str:
+        if not isinstance(config_cls, type):
+            return repr(getattr(config_cls, name))
+        f = fields[name]
+        if f.default is not dataclasses.MISSING:
+            return repr(f.default)
+        if f.default_factory is not dataclasses.MISSING:
+            return repr(f.default_factory())
+        return "(required)"
+
+    return "\n".join(f"  {name}: {_type_name(tp)} = {default(name)}" for name, tp in types_.items())
 
 
 def _is_union(tp: Any) -> bool:

@@ -25,6 +25,7 @@ from typing import Any
 
 __all__ = [
     "Experiment",
+    "ResumeMismatchError",
     "RunOutcome",
     "UnknownExperimentError",
     "discover",
@@ -54,6 +55,10 @@ class Experiment:
 
 class UnknownExperimentError(ValueError):
     """Raised by :func:`get` for a name that is not registered."""
+
+
+class ResumeMismatchError(ValueError):
+    """Raised when ``--resume`` is asked with a config other than the one the run started with."""
 
 
 _REGISTRY: dict[str, Experiment] = {}
@@ -208,7 +213,7 @@ def _check_resume_config(run_dir: Path, config_dict: dict[str, Any], seed: int, 
     if saved.get("quick") != quick:
         diffs.append(f"quick: saved {saved.get('quick')!r}, now {quick!r}")
     if diffs:
-        raise ValueError(
+        raise ResumeMismatchError(
             f"cannot resume {run_dir}: the config differs from the one it started with "
             "(pass the same --quick/--seed/--set as the original run):\n  " + "\n  ".join(diffs))
 
