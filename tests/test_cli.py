@@ -146,6 +146,13 @@ def test_demo_runs_each_quick_config_and_links_them_in_one_report(toys, tmp_path
     assert "toy-cli/report.md" in rebuilt and "diverged at step 3" in rebuilt
 
 
+def test_a_failing_run_exits_1_with_the_error(toys, tmp_path, capsys):
+    assert cli.main(["run", "toy-fail", "--out", str(tmp_path / "f")]) == 1
+    err = capsys.readouterr().err
+    assert "toy-fail failed: RuntimeError: diverged at step 3" in err and "Traceback" in err
+    assert json.loads((tmp_path / "f" / "status.json").read_text())["status"] == "failed"
+
+
 def test_demo_rejects_unknown_names(toys, tmp_path, capsys):
     assert cli.main(["demo", "--out", str(tmp_path), "--only", "nope"]) == 2
     assert "unknown experiment(s) 'nope'" in capsys.readouterr().err

@@ -126,6 +126,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     except registry.ResumeMismatchError as e:
         _err(str(e))
         return EXIT_USAGE
+    except Exception as e:  # noqa: BLE001 - the traceback is shown, then a one-line summary
+        traceback.print_exc(file=sys.stderr)
+        if main_rank:
+            _err(f"{args.name} failed: {type(e).__name__}: {e}\n  run folder: {run_dir} (status.json records the error)")
+        return 1
     if main_rank:
         print(f"\n{args.name} finished in {outcome.wall_time_s:.1f} s; run folder: {outcome.dir}")
         print(_format_metrics(outcome.metrics))
