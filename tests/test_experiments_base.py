@@ -12,6 +12,8 @@ from typing import Literal, Optional
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from neuralode.experiments import registry
 from neuralode.experiments.base import Run, init_distributed, seed_everything
@@ -56,6 +58,14 @@ def test_overrides_are_coerced_to_the_field_types():
                       "times": [0.0, 0.5, 2.0], "pair": (3, 4.0), "max_steps": 20, "width": None,
                       "mode": "hutchinson"}
     assert type(values["steps"]) is int and type(values["pair"][1]) is float
+
+
+@given(st.lists(st.integers(-10**12, 10**12), max_size=6),
+       st.lists(st.floats(allow_nan=False, allow_infinity=False), min_size=1, max_size=6))
+@settings(max_examples=50, deadline=None)
+def test_comma_separated_values_round_trip(ints, floats):
+    assert coerce(",".join(map(str, ints)), tuple[int, ...]) == tuple(ints)
+    assert coerce(",".join(map(repr, floats)), list[float]) == floats
 
 
 @pytest.mark.parametrize("text,expected", [("true", True), ("1", True), ("False", False), ("0", False), ("yes", True)])
