@@ -42,7 +42,12 @@ What makes it exact: the checkpoint holds model, optimizer, step *and* the RNG s
 (:meth:`Run.rng_state`), and is taken at a step boundary. Data must come from the seeded global
 RNGs step by step (or from a ``torch.Generator`` whose state goes into the checkpoint via
 ``extra=``); an epoch iterator that is half consumed cannot be restored. With DDP, checkpoint
-``model.module`` rather than the wrapper.
+``model.module`` rather than the wrapper. On CUDA, bitwise equality also needs deterministic
+kernels (``torch.use_deterministic_algorithms``); on CPU it holds as is.
+
+After a resume, ``metrics.jsonl`` holds the steps between the last checkpoint and the kill
+twice (the run appends; nothing is rewritten); readers that plot it should keep the later
+record of a repeated step.
 """
 
 from __future__ import annotations
