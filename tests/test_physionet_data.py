@@ -210,6 +210,19 @@ def test_patients_average_repeats_on_the_rounded_grid_and_collate_on_the_union()
         P.to_patients(data, ident, round_hours=0)
 
 
+def test_a_stay_without_observations_is_kept_as_an_empty_patient():
+    data = P.PhysioNetSet(
+        name="t", record_id=np.array([1, 2], np.int32), offsets=np.array([0, 0, 1]),
+        t_minutes=np.array([30], np.int16), param=np.array([14], np.uint8), value=np.array([70.0], np.float32),
+        static=np.zeros((2, 5), np.float32), outcomes=np.array([[0, 0, 0, 0, 1], [0, 0, 0, 0, 0]], np.int32),
+    )  # fmt: skip
+    ident = P.Normaliser("minmax", np.zeros(37, np.float32), np.ones(37, np.float32), np.zeros(37, np.float32))
+    empty, full = P.to_patients(data, ident)
+    assert empty.times.shape == (0,) and empty.values.shape == (0, 37) and empty.label == 1
+    batch = P.collate([empty, full])
+    assert batch.values.shape == (2, 1, 37) and batch.mask[0].sum() == 0
+
+
 # --------------------------------------------------------------------------- the real files
 
 

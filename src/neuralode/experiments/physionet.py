@@ -121,8 +121,10 @@ def _load(config: Config, run) -> _Data:
         extra = P.to_patients(P.load_set("b"), norm, config.round_hours)
     out = _Data(to(split.train), to(split.val), to(split.test), extra, norm, len(split.train))
     deaths = sum(p.label for p in out.train)
+    empty = int((np.diff(data.offsets) == 0).sum())
     run.info(f"physionet: set a, {len(data)} patients -> train {len(out.train)} ({deaths} deaths), "
-             f"val {len(out.val)}, test {len(out.test)}; grid {config.round_hours} h")
+             f"val {len(out.val)}, test {len(out.test)}; grid {config.round_hours} h; {empty} stays without "
+             "any time-series observation (kept: they still count for mortality)")
     return out
 
 
@@ -134,8 +136,8 @@ def _holdout_keep(patients: list, frac: float, seed: int) -> list[np.ndarray]:
         keep = rng.random(len(p.times)) >= frac
         if len(p.times) > 1 and keep.all():
             keep[rng.integers(len(p.times))] = False
-        if not keep.any():
-            keep[0] = True
+        if len(keep) and not keep.any():
+            keep[0] = True  # (stays without any observation exist in set a: nothing to hold out)
         keeps.append(keep)
     return keeps
 
