@@ -1,0 +1,32 @@
+"""neuralode: Neural ODEs in PyTorch.
+
+Public names only; everything else is private and may change.
+"""
+from .errors import SolverError
+from .solution import Solution, SolveStats, Status
+from .solve import odeint, solve
+from .tableaus import ADAPTIVE_METHODS, FIXED_METHODS, METHODS, ButcherTableau
+
+__all__ = [
+    "odeint",
+    "odeint_adjoint",
+    "solve",
+    "Solution",
+    "SolveStats",
+    "Status",
+    "SolverError",
+    "ButcherTableau",
+    "METHODS",
+    "FIXED_METHODS",
+    "ADAPTIVE_METHODS",
+]
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # odeint_adjoint lives with the gradient strategies; imported on first use.
+    if name == "odeint_adjoint":
+        from .adjoint import odeint_adjoint
+
+        return odeint_adjoint
+    raise AttributeError(f"module 'neuralode' has no attribute {name!r}")
