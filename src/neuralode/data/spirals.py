@@ -1,0 +1,144 @@
+"""Chen et al. (2018, §5.1)'s irregularly-sampled spiral benchmark, as a seeded generator.
+
+The two spiral families are those of torchdiffeq's ``examples/latent_ode.py``
+(``generate_spiral2d``), the public code of the paper's experiment, on the time grid
+``t = linspace(start, stop, n_total)``:
+
+- counter-clockwise: ``θ = t``, ``r = a + b θ`` (Archimedean), centred at ``(+5, 0)``;
+- clockwise: ``θ = stop + 1 - t``, ``r = a + 50 b / θ``, centred at ``(-5, 0)``
+  (the angle decreases with time, so the point turns clockwise while the radius grows).
+
+Each spiral is a window of ``2 * n_window`` consecutive grid points starting at a random grid
+index in ``[n_window, n_total - 2 n_window]`` (torchdiffeq: "don't sample t0 very near the start
+or the end"), with i.i.d. Gaussian noise of std ``noise_std`` added. Its time axis restarts at 0:
+``times = (t[k] - t[0] for the k-th point of the window)``. The first ``n_window`` points are the
+*observation window*; for every count ``n`` in ``obs_counts`` (Chen et al.: 30, 50, 100) a fixed
+random subset of ``n`` of them is drawn - the irregular observation times. The second half is the
+*extrapolation window* on which predictions are scored ("predictive RMSE on 100 time points
+extending beyond those that were used for training"). Exactly half of the spirals turn clockwise.
+
+Defaults and where they come from (torchdiffeq's function defaults / the values its ``__main__``
+passes): ``n_spirals=1000`` (both), ``n_total=500`` (function default; ``__main__``: 1000),
+``n_window=100`` (both: ``nsample``), ``start=0`` and ``stop=6π`` (``__main__``), ``noise_std=0.1``
+(function default; ``__main__`` uses 0.3 for data and likelihood alike), ``a=0``, ``b=0.3``
+(``__main__``; function default 1). Everything is drawn from ``numpy.random.default_rng(seed)``:
+no global RNG is read or advanced.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = ["Spirals", "generate_spirals", "spiral_curves"]
+
+
+def spiral_curves(n_total: int = 500, start: float = 0.0, stop: float = 6 * math.pi, a: float = 0.0,
+                  b: float = 0.3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The full noiseless curves on the grid: ``(t (n_total,), clockwise (n_total, 2), ccw (n_total, 2))``."""
+    t = np.linspace(start, stop, num=n_total)
+    th_cw = stop + 1.0 - t
+    r_cw = a + b * 50.0 / th_cw
+    cw = np.stack([r_cw * np.cos(th_cw) - 5.0, r_cw * np.sin(th_cw)], axis=1)
+    th_cc = t
+    r_cc = a + b * th_cc
+    cc = np.stack([r_cc * np.cos(th_cc) + 5.0, r_cc * np.sin(th_cc)], axis=1)
+    return t, cw, cc
+
+
+@dataclass
+class Spirals:
+    """A set of spirals; every tensor is float32 on the CPU.
+
+    Attributes:
+        times: ``(2 W,)`` the window's time axis, starting at 0 (W = ``n_window``).
+        true: ``(N, 2 W, 2)`` noiseless points.
+        noisy: ``(N, 2 W, 2)`` noisy points (what a model may see / is scored against).
+        clockwise: ``(N,)`` bool.
+        start_index: ``(N,)`` grid index of each window's first point.
+        obs_index: ``{n: (N, n) long}`` sorted indices into the observation window ``[0, W)``.
+        n_window: W.
+    """
+
+    times: Tensor
+    true: Tensor
+    noisy: Tensor
+    clockwise: Tensor
+    start_index: Tensor
+    obs_index: dict[int, Tensor]
+    n_window: int
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.true.shape[0])
+
+    @property
+    def window_times(self) -> Tensor:
+        """``(W,)`` times of the observation window."""
+        return self.times[: self.n_window]
+
+    @property
+    def future_times(self) -> Tensor:
+        """``(W,)`` times of the extrapolation window."""
+        return self.times[self.n_window:]
+
+    def observations(self, n: int) -> tuple[Tensor, Tensor]:
+        """The ``n`` irregular observations of every spiral: values ``(N, n, 2)`` and times ``(N, n)``."""
+        if n not in self.obs_index:
+            raise ValueError(f"no observation set with n={n}; available: {sorted(self.obs_index)}")
+        idx = self.obs_index[n]
+        values = self.noisy.gather(1, idx.unsqueeze(-1).expand(-1, -1, 2))
+        return values, self.times[idx]
+
+    def observation_mask(self, n: int) -> Tensor:
+        """``(N, W)`` bool: which points of the observation window are observed with ``n`` observations."""
+        if n not in self.obs_index:
+            raise ValueError(f"no observation set with n={n}; available: {sorted(self.obs_index)}")
+        mask = torch.zeros(len(self), self.n_window, dtype=torch.bool)
+        mask.scatter_(1, self.obs_index[n], True)
+        return mask
+
+    def subset(self, idx) -> Spirals:
+        """The spirals at the positions ``idx`` (a sequence, array or tensor of indices)."""
+        idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+        return Spirals(self.times, self.true[idx], self.noisy[idx], self.clockwise[idx], self.start_index[idx],
+                       {n: v[idx] for n, v in self.obs_index.items()}, self.n_window, dict(self.meta))
+
+
+def generate_spirals(n_spirals: int = 1000, *, n_total: int = 500, n_window: int = 100,
+                     obs_counts: tuple[int, ...] = (30, 50, 100), start: float = 0.0, stop: float = 6 * math.pi,
+                     noise_std: float = 0.1, a: float = 0.0, b: float = 0.3, seed: int = 0) -> Spirals:
+    """Generate the benchmark (see the module docstring); the same ``seed`` gives the same data."""
+    if not isinstance(n_spirals, int) or n_spirals < 2:
+        raise ValueError(f"n_spirals must be an int >= 2 (half of them turn clockwise), got {n_spirals!r}")
+    if n_window < 1 or n_total < 3 * n_window:
+        raise ValueError(f"n_total must be >= 3 * n_window so that windows start in [n_window, n_total - "
+                         f"2 n_window]; got n_total={n_total}, n_window={n_window}")
+    counts = tuple(int(n) for n in obs_counts)
+    if not counts or any(not 1 <= n <= n_window for n in counts):
+        raise ValueError(f"obs_counts must be integers in 1..n_window={n_window}, got {obs_counts!r}")
+    if noise_std < 0:
+        raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+    if not stop > start:
+        raise ValueError(f"stop must be > start, got start={start}, stop={stop}")
+    rng = np.random.default_rng(seed)
+    t, cw, cc = spiral_curves(n_total, start, stop, a, b)
+    clockwise = np.zeros(n_spirals, dtype=bool)
+    clockwise[rng.permutation(n_spirals)[: n_spirals // 2]] = True
+    length = 2 * n_window
+    starts = rng.integers(n_window, n_total - length + 1, size=n_spirals)
+    rows = starts[:, None] + np.arange(length)[None]
+    true = np.where(clockwise[:, None, None], cw[rows], cc[rows])
+    noisy = true + rng.standard_normal(true.shape) * noise_std
+    obs_index = {}
+    for n in counts:
+        idx = np.argsort(rng.random((n_spirals, n_window)), axis=1)[:, :n]
+        obs_index[n] = torch.from_numpy(np.sort(idx, axis=1)).long()
+    times = torch.tensor(t[:length] - t[0], dtype=torch.float32)
+    meta = dict(n_total=n_total, start=start, stop=stop, noise_std=noise_std, a=a, b=b, seed=seed)
+    return Spirals(times, torch.tensor(true, dtype=torch.float32), torch.tensor(noisy, dtype=torch.float32),
+                   torch.from_numpy(clockwise), torch.from_numpy(starts).long(), obs_index, n_window, meta)
