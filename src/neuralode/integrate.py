@@ -115,9 +115,9 @@ def _integrate_adaptive(problem: Problem, on_accept: Optional[OnAccept]) -> Solu
     if opts.first_step is not None:
         h = opts.first_step
     else:
-        h = initial_step(evaluate, t, y, f0, tab.order - 1, rtol, atol, norm)
+        h = initial_step(evaluate, t, y, f0, tab.controller_order - 1, rtol, atol, norm)
         stats.nfe += 1
-    controller = PIController(tab.order, opts.safety, opts.ifactor, opts.dfactor)
+    controller = PIController(tab.controller_order, opts.safety, opts.ifactor, opts.dfactor)
     span = abs(t_end - t)
     next_out = 1
     attempts = 0
@@ -205,7 +205,10 @@ def _integrate_adaptive(problem: Problem, on_accept: Optional[OnAccept]) -> Solu
 
 # --------------------------------------------------------------------------- fixed grid
 
-def _integrate_fixed(problem: Problem, on_accept: Optional[OnAccept]) -> Solution:
+def _integrate_fixed(problem: Problem, on_accept: Optional[OnAccept], locate_nonfinite: bool = False) -> Solution:
+    """Fixed-grid loop. Fixed steps have no error estimate that would notice a blow-up, so the
+    outputs are checked once at the end; only when one is non-finite is the solve replayed
+    (without gradients) checking every step, to name the time where it first appeared."""
     tab = problem.tableau
     opts = problem.options
     y = problem.y0
@@ -275,6 +278,8 @@ def _integrate_fixed(problem: Problem, on_accept: Optional[OnAccept]) -> Solutio
             next_out += 1
         f0 = ks[-1] if tab.fsal else (None if perturb else f1)
         y, t0 = y1, t1
+        if locate_nonfinite and not bool(torch.isfinite(y1).all()):
+            return _finish(problem, outputs, n_out, stats, Status.NONFINITE, t1)
     stats.final_step = grid_f[-1] - grid_f[-2]
 
     # Fixed steps have no error estimate to notice a blow-up; check the outputs once at the end.
@@ -284,4 +289,7 @@ def _integrate_fixed(problem: Problem, on_accept: Optional[OnAccept]) -> Solutio
         return Solution(ys=stacked, ts=problem.t, stats=stats, status=Status.SUCCESS,
                         t_reached=problem.to_user_time(ts[-1]))
     first_bad = int((~finite).nonzero()[0])
-    return _finish(problem, outputs[:first_bad], n_out, stats, Status.NONFINITE, ts[first_bad])
+    with torch.no_grad():
+        located = _integrate_fixed(problem, None, locate_nonfinite=True).t_reached
+    t_bad = ts[first_bad] if located is None else problem.to_user_time(located)  # back to internal time
+    return _finish(problem, outputs[:first_bad], n_out, stats, Status.NONFINITE, t_bad)

@@ -281,7 +281,9 @@ def _find_callbacks(func: Any, problem_reversed: bool, shapes) -> Callbacks:
         def wrapped(t0, y0, dt, _cb=cb):
             if shapes is not None:
                 y0 = unflatten(y0, shapes)
-            return _cb(-t0 if problem_reversed else t0, y0, dt)
+            if problem_reversed:  # report in the user's time: t0 and dt both run backward
+                return _cb(-t0, y0, -dt)
+            return _cb(t0, y0, dt)
 
         found[key] = wrapped
     return Callbacks(**found)
@@ -324,8 +326,6 @@ def make_problem(func: Callable, y0: Any, t: Any, *, method: Optional[str], rtol
         y0_internal = y0
     else:
         raise TypeError(f"y0 must be a torch.Tensor or a tuple of tensors; got {_describe(y0)}")
-    if not torch.isfinite(y0_internal).all():
-        raise ValueError("y0 must be finite; it contains NaN or inf")
 
     # --- times
     if not isinstance(t, torch.Tensor):
@@ -340,6 +340,8 @@ def make_problem(func: Callable, y0: Any, t: Any, *, method: Optional[str], rtol
     if t.device != y0_internal.device:
         raise ValueError(f"t is on {t.device} but y0 is on {y0_internal.device}; put both on one device "
                          f"(e.g. t = t.to(y0.device))")
+    if not torch.isfinite(y0_internal).all():
+        raise ValueError("y0 must be finite; it contains NaN or inf")
     if not torch.isfinite(t).all():
         raise ValueError(f"t must be finite; got {_describe(t.detach().tolist())}")
     reversed_ = False

@@ -30,6 +30,9 @@ class ButcherTableau:
         b_err: error weights (propagated minus embedded solution); ``None`` for fixed-step methods.
         dense: dense-output polynomial coefficients over the extended stages (see module doc);
             ``None`` means linear interpolation between the step's ends.
+        error_order: the power of ``h`` of the local error estimate, which sets the step-size
+            controller's exponents; defaults to ``order`` (an estimate of order ``order - 1``
+            under local extrapolation has local error ``O(h^order)``).
         reference: where the coefficients come from.
     """
 
@@ -40,6 +43,7 @@ class ButcherTableau:
     b: Tuple[float, ...]
     b_err: Optional[Tuple[float, ...]] = None
     dense: Optional[Tuple[Tuple[float, ...], ...]] = None
+    error_order: Optional[int] = None
     reference: str = ""
     fsal: bool = field(init=False)
     a_terms: Tuple[Tuple[Tuple[int, float], ...], ...] = field(init=False, repr=False)
@@ -83,6 +87,11 @@ class ButcherTableau:
         object.__setattr__(self, "a_terms", tuple(nonzero(row) for row in self.a))
         object.__setattr__(self, "b_terms", nonzero(self.b))
         object.__setattr__(self, "err_terms", nonzero(self.b_err) if self.b_err is not None else ())
+
+    @property
+    def controller_order(self) -> int:
+        """The exponent base ``k`` of the step-size controller (``error ∝ h^k``)."""
+        return self.error_order if self.error_order is not None else self.order
 
     @property
     def adaptive(self) -> bool:
@@ -188,11 +197,14 @@ ADAPTIVE_HEUN = ButcherTableau(
     dense=hermite_dense(_AH_B, fsal=False),
     reference="Heun's method with an embedded Euler error estimate; cubic Hermite dense output.")
 
-_FE_B = (1 / 512, 255 / 256, 1 / 512)
+_FE_B = (1 / 256, 255 / 256, 0.0)
 FEHLBERG2 = ButcherTableau(
-    "fehlberg2", 2, c=(0.0, 0.5, 1.0), a=((), (0.5,), (1 / 256, 255 / 256)), b=_FE_B,
-    b_err=(-1 / 512, 0.0, 1 / 512), dense=hermite_dense(_FE_B, fsal=False),
-    reference="Fehlberg's RK1(2) pair, propagating the second-order solution (as torchdiffeq).")
+    "fehlberg2", 1, c=(0.0, 0.5, 1.0), a=((), (0.5,), (1 / 256, 255 / 256)), b=_FE_B,
+    b_err=(1 / 512, 0.0, -1 / 512), dense=hermite_dense(_FE_B, fsal=True), error_order=2,
+    reference="Fehlberg's RK1(2) pair (Fehlberg 1969) as he designed it: the first-order solution "
+              "(tiny error constant) is propagated and the second-order one estimates its error, "
+              "which makes it FSAL. torchdiffeq propagates the second-order solution with the same "
+              "estimate, which then under-estimates the error by orders of magnitude.")
 
 _BS_B = (2 / 9, 1 / 3, 4 / 9, 0.0)
 BOSH3 = ButcherTableau(
