@@ -29,9 +29,17 @@ def _make_evaluate(func: Callable, y0: torch.Tensor, time_dtype: torch.dtype):
     ``perturb`` = +1/-1 evaluates just after/before ``t`` (one ulp), for discontinuities.
     """
     dtype, device = y0.dtype, y0.device
+    last = [None, None]  # the previous float time and its tensor: a step's end is the next one's start
 
     def evaluate(t: Scalar, y: torch.Tensor, perturb: int = 0) -> torch.Tensor:
-        tt = torch.scalar_tensor(t, dtype=dtype, device=device) if isinstance(t, float) else t.to(dtype)
+        if type(t) is float:
+            if t == last[0]:
+                tt = last[1]
+            else:
+                tt = torch.scalar_tensor(t, dtype=dtype, device=device)
+                last[0], last[1] = t, tt
+        else:
+            tt = t.to(dtype)
         if perturb:
             with torch.no_grad():
                 moved = torch.nextafter(tt.detach(), tt.detach() + perturb)
