@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-VARIANT = "resnet"
+VARIANT = "odenet"
 
 WORKER = textwrap.dedent(
     """

@@ -1,10 +1,11 @@
 """Quick image classification on scikit-learn's embedded 8x8 digits (no download).
 
 The small version of the MNIST experiment (Chen et al. 2018, Table 1): the same
-downsampling → feature block → head classifier, narrowed for 8x8 images (32 channels, one
-stride-2 convolution; see :func:`neuralode.nn.image.make_image_classifier`), trained on a
-fixed stratified 1,437 / 360 split. The quick configuration trains the ODE-Net alone and
-reaches >= 97 % test accuracy in well under a minute on one CPU core.
+downsampling → feature block → head classifier, with a single stride-2 convolution for 8x8
+images (see :func:`neuralode.nn.image.make_image_classifier`), trained on a
+fixed stratified 1,437 / 360 split. The quick configuration trains the ODE-Net alone (adjoint
+gradients, fixed-step rk4 with h = 0.5, i.e. 8 function evaluations per forward pass) for ten
+epochs and reaches >= 97 % test accuracy in under a minute on one CPU core.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ class Config:
 
     @classmethod
     def quick(cls) -> "Config":
-        return cls(variants="odenet", epochs=12.0)
+        return cls(variants="odenet", method="rk4", step_size=0.5, epochs=10.0, batch_size=32, lr=5e-3)
 
 
 def run(config: Config, run: Run) -> dict[str, Any]:

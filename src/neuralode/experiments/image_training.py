@@ -43,6 +43,7 @@ __all__ = [
     "TrainSettings",
     "augment",
     "count_saved_bytes",
+    "return_freed_memory_to_os",
     "evaluate",
     "global_batches",
     "settings_from",
@@ -208,6 +209,28 @@ class MemoryMeter:
         if hwm is None:  # no /proc: the lifetime peak (KiB on Linux)
             hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
         return hwm
+
+
+def return_freed_memory_to_os() -> bool:
+    """Make glibc give large freed blocks back to the OS at once (``mallopt``).
+
+    By default glibc raises its mmap threshold dynamically and keeps freed heap memory, so
+    the resident set size of one measurement includes what an earlier one freed, and peak-RSS
+    comparisons between settings in one process are biased. Fixing ``M_MMAP_THRESHOLD`` at
+    64 KiB (which also disables the dynamic adjustment) serves every tensor buffer larger than
+    that from its own mapping, released on free. Returns False where it is unavailable.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = libc.mallopt(m_mmap_threshold, 64 * 1024) == 1
+        ok = libc.mallopt(m_trim_threshold, 128 * 1024) == 1 and ok
+        return ok
+    except (OSError, AttributeError):
+        return False
 
 
 @contextmanager
@@ -497,6 +520,10 @@ def train_variants(config: Any, run: Any, dataset: str, train: ImageSet, test: I
         results[variant] = train_classifier(model, train, test, settings_from(config), run,
                                             tag=variant, extra={"results": results})
         save_finished(run, results)
+        if run.is_main:  # the trained weights, e.g. for trajectory-pca --set weights=<run folder>
+            from neuralode.io import atomic_torch_save
+
+            atomic_torch_save(unwrap(model).state_dict(), run.dir / f"{variant}.pt")
         run.info(f"{variant}: test accuracy {results[variant]['test_accuracy']:.4f}")
     return {v: results[v] for v in variants}
 
