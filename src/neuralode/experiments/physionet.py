@@ -254,7 +254,8 @@ def _evaluate(full: _Full, patients: list, config: Config, run, *, keep_seed: in
         target = batch.mask * (1 - keep)
         sums["interp"][0] += float(((out.pred - batch.values) ** 2 * target).sum())
         sums["interp"][1] += float(target.sum())
-        preds_interp.append((batch, out.pred.cpu()))
+        if not preds_interp:  # the figures show patients of the first batch only
+            preds_interp.append((batch, out.pred.cpu()))
         early = (batch.times <= config.extrap_hours).float().view(1, -1, 1)
         out_x = full.model(batch.times, batch.values, batch.mask * early)
         target = batch.mask * (1 - early)
