@@ -158,11 +158,13 @@ LINEAR_PROBLEMS: tuple[Callable[[], Problem], ...] = (linear_system, exponential
 NONLINEAR_PROBLEMS: tuple[Callable[[], Problem], ...] = (van_der_pol, lotka_volterra, cubic_spiral)
 
 
-def scipy_reference(problem: Problem, t: Tensor, rtol: float = 1e-12, atol: float = 1e-12) -> Tensor:
-    """The solution at times ``t`` (increasing from t0) from scipy's DOP853, in float64.
+def scipy_reference(problem: Problem, t: Tensor, rtol: float = 1e-12, atol: float = 1e-12,
+                    method: str = "DOP853") -> Tensor:
+    """The solution at times ``t`` (increasing from t0) from scipy's ``solve_ivp``, in float64.
 
-    An independent oracle: a different code base, an 8th-order method, and tolerances far below
-    anything the tests ask of our solvers.
+    With the defaults, an independent oracle: a different code base, an 8th-order method, and
+    tolerances far below anything the tests ask of our solvers. Other ``method``/tolerances give
+    scipy's own result for comparison (e.g. "RK45" is the same Dormand-Prince pair as dopri5).
     """
     from scipy.integrate import solve_ivp
 
@@ -174,7 +176,7 @@ def scipy_reference(problem: Problem, t: Tensor, rtol: float = 1e-12, atol: floa
         return problem.func(torch.tensor(s, dtype=torch.float64), yt).reshape(-1).numpy()
 
     out = solve_ivp(rhs, (float(t_np[0]), float(t_np[-1])), problem.y0.reshape(-1).numpy(),
-                    method="DOP853", t_eval=t_np, rtol=rtol, atol=atol)
+                    method=method, t_eval=t_np, rtol=rtol, atol=atol)
     if not out.success:  # pragma: no cover - the oracle itself failing is a test-set bug
         raise RuntimeError(f"scipy reference failed on {problem.name}: {out.message}")
     return torch.from_numpy(out.y.T.copy()).reshape(len(t_np), *shape)
