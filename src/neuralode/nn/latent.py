@@ -63,12 +63,14 @@ def gaussian_log_likelihood(x: Tensor, mean: Tensor, std: float, mask: Tensor | 
 
     ``mask`` is ``(B, T)`` or the full shape of ``x``.
     """
+    if mask is not None:
+        m = mask.bool()
+        while m.dim() < x.dim():
+            m = m.unsqueeze(-1)
+        x = torch.where(m, x, torch.zeros_like(x))  # padding may hold NaN: keep it out of the gradient too
     logp = -0.5 * (math.log(2 * math.pi) + 2 * math.log(std) + ((x - mean) / std) ** 2)
     if mask is not None:
-        m = mask.to(logp.dtype)
-        while m.dim() < logp.dim():
-            m = m.unsqueeze(-1)
-        logp = torch.where(m > 0, logp, torch.zeros_like(logp))
+        logp = torch.where(m, logp, torch.zeros_like(logp))
     return logp.flatten(1).sum(-1)
 
 
@@ -176,7 +178,9 @@ class LatentODE(nn.Module):
         latent_dim: size of z (Chen et al.: 4).
         rec_hidden: encoder GRU state size (25).
         ode_hidden: width of the latent field, an MLP ``L -> H -> H -> L`` with tanh (20).
-        dec_hidden: width of the decoder ``L -> H -> D`` with ReLU (20).
+        dec_hidden: width of the decoder ``L -> H -> D`` with ReLU (Chen et al.: 20); 0 makes it
+            linear (``L -> D``, as Rubanova et al.), which leaves all the curvature of the
+            trajectories to the latent dynamics - what extrapolation beyond the window relies on.
         obs_std: fixed std of the Gaussian observation noise in the likelihood (torchdiffeq: 0.3).
         t0: the time of z0 (the start of the observation window).
         method, rtol, atol, options: the latent solve (:func:`neuralode.solve`).
@@ -198,7 +202,7 @@ class LatentODE(nn.Module):
         self.encoder = RecognitionGRU(obs_dim, rec_hidden, latent_dim)
         self.dynamics = ODEBlock(ODEFunc(latent_dim, ode_hidden, layers=3), t=(t0, t0 + 1.0), method=method,
                                  rtol=rtol, atol=atol, options=options, gradient=gradient)
-        self.decoder = _mlp([latent_dim, dec_hidden, obs_dim])
+        self.decoder = _mlp([latent_dim, dec_hidden, obs_dim] if dec_hidden > 0 else [latent_dim, obs_dim])
         self.nfe = 0
 
     # -- pieces -------------------------------------------------------------------------------
