@@ -55,9 +55,9 @@ class Config:
 
     @classmethod
     def quick(cls) -> "Config":
-        return cls(variants="odenet", method="rk4", step_size=0.5, epochs=1.0, optimizer="adam",
-                   lr=2e-3, schedule="cosine", warmup_steps=20, augment=False, eval_every=0.0,
-                   log_every=20, checkpoint_every=100)
+        return cls(variants="odenet", method="rk4", step_size=0.5, epochs=1.0, batch_size=64,
+                   optimizer="adam", lr=3e-3, schedule="cosine", warmup_steps=50, augment=False,
+                   eval_every=0.0, log_every=20, checkpoint_every=100)
 
 
 def run(config: Config, run: Run) -> dict[str, Any]:
