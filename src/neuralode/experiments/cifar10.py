@@ -82,9 +82,10 @@ def run(config: Config, run: Run) -> dict[str, Any]:
         atomic_write_json(run.dir / "per_class.json", rows)
         fig = run.save_figure(it.loss_curve_figure(results, f"{train.name}: training loss"), "loss.png")
         n_train = min(len(train), config.max_train or len(train))
+        n_test = len(next(iter(results.values()))["labels"])
         run.write_report(
             f"# {train.name}: ODE-Net vs ResNet\n\n"
-            f"{config.epochs:g} epochs on {n_train} training images, evaluated on {len(next(iter(results.values()))["labels"])} test images "
+            f"{config.epochs:g} epochs on {n_train} training images, evaluated on {n_test} test images "
             f"({train.name}). ODE-Net: {config.method}"
             + (f" step {config.step_size:g}" if config.step_size else f" rtol={config.rtol:g}")
             + f", {config.gradient} gradients.\n\n"
