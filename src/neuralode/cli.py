@@ -2,7 +2,7 @@
 
     neuralode list
     neuralode run NAME [--quick] [--out DIR] [--seed N] [--device cpu|cuda] [--set key=value ...] [--resume]
-    neuralode demo [--out DIR] [--only NAME ...]
+    neuralode demo [--out DIR] [--only NAME ...] [--all]
     neuralode report DIR
     neuralode bench [--only SCRIPT ...] [-- ARGS]
 
@@ -152,7 +152,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except ValueError as e:
         _err(str(e))
         return EXIT_USAGE
-    selected = list(exps)
+    selected = list(exps) if args.all else [name for name, exp in exps.items() if exp.in_demo]
     if args.only:
         unknown = [n for n in args.only if n not in exps]
         if unknown:
@@ -299,6 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", parents=[common], help="run every experiment's quick config and write one report")
     p.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only these experiments")
+    p.add_argument("--all", action="store_true",
+                   help="also run the experiments that need downloaded data or longer runs (mnist, cifar10, ...)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("report", help="rebuild the summary report.md from run folders (no retraining)")

@@ -51,6 +51,7 @@ class Experiment:
     description: str
     quick_time: str = "< 2 min"
     module: str = ""
+    in_demo: bool = True
 
 
 class UnknownExperimentError(ValueError):
@@ -73,11 +74,14 @@ def register(
     run: Callable[..., dict[str, Any]],
     description: str,
     quick_time: str = "< 2 min",
+    in_demo: bool = True,
 ) -> Experiment:
     """Register an experiment under ``name`` (lowercase letters, digits, ``-`` and ``_``).
 
     ``config`` must be a dataclass with a ``quick()`` classmethod; ``run(config, run)`` returns
-    the headline metrics as a dict. Registering a name again from the same module (a reload)
+    the headline metrics as a dict. ``in_demo=False`` keeps an experiment out of
+    ``neuralode demo`` (which runs on embedded or generated data only, in minutes): use it for
+    experiments that need downloaded data or longer runs. Registering a name again from the same module (a reload)
     replaces it; from another module it is an error.
     """
     if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_" for c in name) or name != name.lower():
@@ -95,7 +99,7 @@ def register(
     if existing is not None and existing.module != module:
         raise ValueError(f"experiment {name!r} is already registered by module {existing.module!r}")
     exp = Experiment(name=name, config=config, run=run, description=description.strip(),
-                     quick_time=quick_time, module=module)
+                     quick_time=quick_time, module=module, in_demo=in_demo)
     _REGISTRY[name] = exp
     return exp
 
