@@ -259,3 +259,37 @@ def test_load_set_refuses_a_file_that_fails_verification(tmp_path):
         P.load_set("a", root=tmp_path, cache_dir=tmp_path / "c")
     with pytest.raises(ValueError, match="which must be"):
         P.load_set("c")
+
+
+def test_official_urls_and_checksums_are_pinned():
+    for name in ("set-a.tar.gz", "set-b.tar.gz", "Outcomes-a.txt", "Outcomes-b.txt"):
+        url, sha = P.FILES[name]
+        assert url == f"https://physionet.org/files/challenge-2012/1.0.0/{name}"
+        assert len(sha) == 64
+    folder = _shared()
+    if folder is not None:  # the checksums are those listed in the data folder's README
+        readme = (folder / "README.md").read_text()
+        for name, (_, sha) in P.FILES.items():
+            assert f"| {name} |" in readme and sha in readme
+
+
+@pytest.mark.slow
+def test_download_verify_cache_path_with_a_local_mirror(tmp_path, monkeypatch):
+    """No file in NEURALODE_DATA: the files are 'downloaded' (file:// mirror), verified, cached."""
+    folder = _shared()
+    if folder is None:
+        pytest.skip("PhysioNet 2012 files not available (set NEURALODE_DATA)")
+    monkeypatch.setenv("NEURALODE_DATA", str(tmp_path / "empty"))
+    monkeypatch.setenv("NEURALODE_CACHE", str(tmp_path / "cache"))
+    mirrored = {name: ((folder / name).as_uri(), sha) for name, (_, sha) in P.FILES.items()}
+    monkeypatch.setattr(P, "FILES", mirrored)
+    data = P.load_set("b")
+    assert len(data) == 4000 and int(data.mortality.sum()) == 568
+    cached = tmp_path / "cache" / "physionet2012"
+    assert (cached / "set-b.tar.gz").is_file() and (cached / "Outcomes-b.txt").is_file()
+    assert len(list(cached.glob("set-b-parsed-*.npz"))) == 1
+    # a corrupted download in the cache is detected by its checksum and fetched again
+    (cached / "Outcomes-b.txt").write_text("corrupt")
+    with pytest.warns(UserWarning, match="Outcomes-b.txt"):
+        P.load_set("b")
+    assert P.parse_outcomes(cached / "Outcomes-b.txt")[1][:, 4].sum() == 568
