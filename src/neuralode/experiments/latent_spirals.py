@@ -82,6 +82,7 @@ class Config:
     ode_hidden: int = 20  # latent field width
     dec_hidden: int = 0  # decoder width; 0 = linear decoder (Chen et al.: 20-unit MLP, see the module docstring)
     rnn_hidden: int = 25  # baseline GRU
+    rnn_head_hidden: int = 20  # baseline prediction head [h, gap] -> 20 -> 2
     obs_std: float = 0.3  # Gaussian likelihood std in data units (torchdiffeq's value)
     method: str = "dopri5"
     rtol: float = 1e-3
@@ -102,7 +103,7 @@ class Config:
     @classmethod
     def quick(cls) -> Config:
         """The full data, a short training: both models in about a minute on one core."""
-        return cls(iters=300, batch_size=50, lr=1e-2, lr_final=3e-3, checkpoint_every=50)
+        return cls(iters=300, batch_size=100, lr=1e-2, lr_final=3e-3, checkpoint_every=50)
 
 
 # --------------------------------------------------------------------------- data
@@ -173,7 +174,7 @@ def _make(name: str, config: Config, scale: float) -> torch.nn.Module:
                          obs_std=config.obs_std / scale, method=config.method, rtol=config.rtol, atol=config.atol,
                          gradient=config.gradient)
     if name == "rnn":
-        return RNNBaseline(2, config.rnn_hidden, config.dec_hidden, obs_std=config.obs_std / scale)
+        return RNNBaseline(2, config.rnn_hidden, config.rnn_head_hidden, obs_std=config.obs_std / scale)
     raise ValueError(f"unknown model {name!r}; choose from {', '.join(MODEL_LABELS)}")
 
 
@@ -450,7 +451,7 @@ def _figures(run, config: Config, data: _Data, trained: dict, evals: dict, basel
     fig, ax = figure(size=(4.6, 3.4))
     for name, ev in evals.items():
         ax.plot(counts, [ev[f"rmse_{n}"] for n in counts], "o-", color=colors.get(name), label=MODEL_LABELS[name])
-        if name in PAPER_RMSE:
+        if name in PAPER_RMSE and all(n in PAPER_RMSE[name] for n in counts):
             ax.plot(counts, [PAPER_RMSE[name][n] for n in counts], "s:", color=colors.get(name), alpha=0.6,
                     label=f"{MODEL_LABELS[name]}, Chen et al.")
     ax.axhline(baseline["rmse"], color="0.4", ls="--", lw=0.9, label="mean training trajectory")

@@ -1,0 +1,88 @@
+"""The latent-spirals experiment: config, a tiny run interrupted and resumed, the quick run's bar."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from neuralode.experiments import latent_spirals as E
+from neuralode.experiments.base import Run
+
+torch.set_num_threads(1)
+
+
+def _tiny() -> E.Config:
+    return E.Config(n_spirals=40, n_total=60, n_window=20, obs_counts=(5, 10, 20), iters=6, batch_size=8,
+                    checkpoint_every=2, log_every=1, latent_dim=3, rec_hidden=6, ode_hidden=6, rnn_hidden=6,
+                    rnn_head_hidden=6, eval_batch_size=7, n_plot=1)
+
+
+def test_config_defaults_are_the_full_protocol_and_quick_is_shorter():
+    full, quick = E.Config(), E.Config.quick()
+    assert (full.n_spirals, full.n_window, tuple(full.obs_counts), full.noise_std) == (1000, 100, (30, 50, 100), 0.1)
+    assert (full.latent_dim, full.rec_hidden, full.ode_hidden) == (4, 25, 20)
+    assert set(full.models) == {"latent_ode", "rnn"}
+    assert quick.iters < full.iters and quick.n_spirals == full.n_spirals
+
+
+def test_unknown_model_is_rejected_before_training(tmp_path):
+    config = dataclasses.replace(_tiny(), models=("latent_ode", "transformer"))
+    with pytest.raises(ValueError, match="unknown models"):
+        E.run(config, Run(tmp_path))
+
+
+class _StopAfter(Run):
+    """A run that is 'Ctrl-C'ed at its n-th check_interrupt call."""
+
+    def __init__(self, *args, stop_at: int, **kw):
+        super().__init__(*args, **kw)
+        self.calls, self.stop_at = 0, stop_at
+
+    def check_interrupt(self, save):
+        self.calls += 1
+        if self.calls == self.stop_at:
+            self.interrupt()
+        super().check_interrupt(save)
+
+
+@pytest.mark.parametrize("stop_at", [4])  # inside the first model (the second then trains after the resume)
+def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, stop_at):
+    config = _tiny()
+    with Run(tmp_path / "a", config=config, seed=3) as run:
+        run.start()
+        straight = E.run(config, run)
+    with _StopAfter(tmp_path / "b", config=config, seed=3, stop_at=stop_at) as run:
+        run.start()
+        with pytest.raises(KeyboardInterrupt):
+            E.run(config, run)
+    with Run(tmp_path / "b", config=config, seed=3, resume=True) as run:
+        run.start()
+        resumed = E.run(config, run)
+    timing = lambda m: {k: v for k, v in m.items() if not k.startswith("train_s_")}  # noqa: E731
+    assert timing(resumed) == timing(straight)
+    assert set(resumed) == set(straight)
+    assert (tmp_path / "b" / "figures" / "spirals.png").is_file()
+
+
+@pytest.mark.slow
+def test_quick_experiment_beats_the_mean_trajectory(tmp_path):
+    from neuralode.experiments import registry
+
+    outcome = registry.run_experiment("latent-spirals", quick=True, out=tmp_path / "run")
+    m = outcome.metrics
+    run_dir = tmp_path / "run"
+    assert json.loads((run_dir / "result.json").read_text()) == m
+    for model in ("latent_ode", "rnn"):
+        for n in (30, 50, 100):
+            assert 0 < m[f"rmse_{model}_{n}"] < float("inf")
+    # the bar: the latent ODE reconstructs and extrapolates better than the mean training trajectory
+    assert m["recon_mse"] < 0.1 * m["recon_mse_mean_trajectory"]
+    assert m["mse_latent_ode"] < m["mse_mean_trajectory"]
+    assert m["nfe_latent_ode"] > 0
+    report = (run_dir / "report.md").read_text()
+    assert "Chen et al., Table 2" in report and "mean training trajectory" in report
+    figures = {p.name for p in (run_dir / "figures").iterdir()}
+    assert {"spirals.png", "rmse.png", "loss.png"} <= figures
