@@ -464,11 +464,19 @@ def _report(run, config, data, rows, baseline, curves, recon, nfe_curves, metric
             f"- best ODE model interpolation MSE {metrics['best_ode_interp_mse']:.4g} vs best RNN baseline "
             f"{metrics['best_rnn_interp_mse']:.4g}",
             f"- best ODE model AUC {metrics['best_ode_auc']:.3f} vs best RNN baseline {metrics['best_rnn_auc']:.3f}",
+            "- full-configuration targets: ODE interpolation MSE <= RNN baselines: "
+            f"{_yes(metrics['best_ode_interp_mse'] <= metrics['best_rnn_interp_mse'])}; ODE AUC >= RNN baselines: "
+            f"{_yes(metrics['best_ode_auc'] >= metrics['best_rnn_auc'])}; best ODE AUC >= 0.80: "
+            f"{_yes(metrics['best_ode_auc'] >= 0.80)}",
             "",
         ]
     lines += [image(f, f) for f in figs]
     lines += ["", f"Channels: {', '.join(PARAMS)}."]
     run.write_report("\n".join(lines))
+
+
+def _yes(ok: bool) -> str:
+    return "met" if ok else "not met"
 
 
 def _figures(run, data, rows, curves, recon, nfe_curves, config) -> list[str]:
