@@ -233,20 +233,22 @@ def test_log_prob_gradient_matches_finite_differences_of_a_parameter():
     assert grad == pytest.approx((up - down) / (2 * eps), rel=1e-5, abs=1e-7)
 
 
-def test_adjoint_gradients_match_direct_ones():
-    pytest.importorskip("neuralode.adjoint")
-    from neuralode import adjoint
-
-    if "adjoint" not in getattr(adjoint, "SHORTHANDS", {}):
-        pytest.skip("adjoint strategy not available")
+@pytest.mark.parametrize("gradient", ["adjoint", "adjoint-seminorm"])
+def test_adjoint_gradients_match_direct_ones_and_count_backward_nfe(gradient):
+    adjoint = pytest.importorskip("neuralode.adjoint")
+    if gradient not in getattr(adjoint, "SHORTHANDS", {}):
+        pytest.skip(f"{gradient} strategy not available")
     x = torch.randn(8, 2, dtype=torch.float64)
-    grads = []
-    for gradient in ("direct", "adjoint"):
-        cnf = _cnf(10, hidden=(8, 8), gradient=gradient, rtol=1e-9, atol=1e-9, kinetic_weight=0.1)
+    grads, nfe_backward = [], []
+    for strategy in ("direct", gradient):
+        cnf = _cnf(10, hidden=(8, 8), gradient=strategy, rtol=1e-9, atol=1e-9, kinetic_weight=0.1,
+                   jacobian_weight=0.1)
         (-cnf.log_prob(x).mean() + cnf.regularization_loss).backward()
         grads.append([p.grad.clone() for p in cnf.parameters()])
+        nfe_backward.append(cnf.nfe_backward)
     for g_direct, g_adjoint in zip(*grads):
         torch.testing.assert_close(g_adjoint, g_direct, rtol=1e-5, atol=1e-7)
+    assert nfe_backward[0] == 0 and nfe_backward[1] > 0
 
 
 # ----------------------------------------------------------------------------- errors
