@@ -504,7 +504,9 @@ def _report(config: Config, run: Run, data, models, done, metrics) -> None:
         f"{config.batch_size} points per model and data set.\n\n"
         + metrics_table(rows)
         + f"\nForward NFE (end): mean over the last {config.nfe_window} training steps (ResNet: its depth).\n\n"
-        + ("Targets of the full configuration:\n\n" + "\n".join(targets) + "\n\n" if targets else "")
+        + ("Targets of the full configuration, checked on this "
+           + ("quick run (a shorter training budget, not expected to meet them all)" if run.quick else "run")
+           + ":\n\n" + "\n".join(targets) + "\n\n" if targets else "")
         + "\n".join(figs))
 
 
