@@ -129,9 +129,17 @@ def kde_fit(train: torch.Tensor, val: torch.Tensor, test: torch.Tensor) -> dict[
 
     grid = list(np.geomspace(0.005, 0.5, 15) * scale)
     scores = [val_nll(h) for h in grid]
+    for _ in range(4):  # the optimum must be interior: extend the grid towards the edge it hit
+        i = int(np.argmin(scores))
+        if 0 < i < len(grid) - 1:
+            break
+        step = grid[1] / grid[0]
+        new = [grid[0] / step ** k for k in (4, 3, 2, 1)] if i == 0 else [grid[-1] * step ** k for k in (1, 2, 3, 4)]
+        new_scores = [val_nll(h) for h in new]
+        grid, scores = (new + grid, new_scores + scores) if i == 0 else (grid + new, scores + new_scores)
     i = int(np.argmin(scores))
     if i in (0, len(grid) - 1):
-        raise RuntimeError(f"KDE bandwidth search hit the edge of its grid at {grid[i]:.4g}; widen the grid")
+        raise RuntimeError(f"KDE bandwidth search stayed at the edge of its grid ({grid[i]:.4g})")
     fine = list(np.geomspace(grid[i - 1], grid[i + 1], 9))
     fine_scores = [val_nll(h) for h in fine]
     j = int(np.argmin(fine_scores))
@@ -473,6 +481,13 @@ def _report(config: Config, run: Run, data, kde, g_nll, models, done, variants, 
             f"{p['test_nll']:.4f}, RNODE {r['test_nll']:.4f} ({r['test_nll'] - p['test_nll']:+.4f} nats). "
             f"Kinetic energy of the learned flow: plain {p['kinetic']:.3g}, RNODE {r['kinetic']:.3g}; "
             f"Jacobian norm: plain {p['jacobian']:.3g}, RNODE {r['jacobian']:.3g}.\n")
+    first = done[variants[0]]["results"]
+    verdict = ("within 0.05 nats of the KDE or better: met" if first["gap_to_kde"] <= 0.05
+               else f"within 0.05 nats of the KDE or better: not met ({first['gap_to_kde']:+.3f} nats)")
+    target_note = (f"\nTarget (full configuration{'; this is a quick run' if run.quick else ''}): CNF test NLL "
+                   f"{verdict}; a prior "
+                   f"reproduction reported 3.1 nats on two moons — this run: {first['test_nll']:.3f} nats "
+                   f"(`{variants[0]}`).\n")
     grad_note = ("Backward NFE is 0 with `gradient='direct'`: the backward pass re-traverses the stored graph "
                  "of the forward solve and evaluates no field solves of its own.\n" if config.gradient == "direct"
                  else "")
@@ -485,7 +500,7 @@ def _report(config: Config, run: Run, data, kde, g_nll, models, done, variants, 
         f"Data: {config.n_train} train / {config.n_val} validation / {config.n_test} test points. "
         "NLL in nats per point, mean over the test set; the CNF is evaluated at "
         f"rtol = {config.eval_rtol:g}, atol = {config.eval_atol:g}.\n{quick_note}\n"
-        + metrics_table(rows) + "\n" + grad_note + rnode_text
+        + metrics_table(rows) + target_note + "\n" + grad_note + rnode_text
         + "\n## Figures\n\n"
         + image(paths["density"], "test data, KDE density, and each CNF's learned density and samples")
         + "\n" + image(paths["transport"], "samples of N(0, I) at t = T transported by the learned flow to the data "
