@@ -113,6 +113,7 @@ def test_quick_experiment_node_beats_95_percent_on_moons_and_writes_the_report(t
     assert "| data set | model |" in report
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_ends_with_the_uninterrupted_parameters(tmp_path, monkeypatch):
     config = E.Config(datasets=("moons",), models=("node", "resnet"), n_train=200, n_test=100, steps=12,
                       eval_every=6, checkpoint_every=5, nfe_window=4, flow_points=50, flow_snapshots=2)

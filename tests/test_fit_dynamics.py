@@ -115,6 +115,7 @@ def _interrupt_at(monkeypatch, at: int) -> None:
     monkeypatch.setattr(Run, "log", log)
 
 
+@pytest.mark.slow
 def test_fit_linear_killed_and_resumed_ends_with_the_uninterrupted_parameters(tmp_path, monkeypatch):
     config = E.LinearConfig(steps=30, eval_every=10, checkpoint_every=10, n_traj=3, n_points=60)
     registry.run_experiment("fit-linear", config=config, out=tmp_path / "a")
