@@ -265,6 +265,17 @@ def test_spiral_windows_lie_on_the_named_curves():
     assert float((rel[:-1, 0] * rel[1:, 1] - rel[:-1, 1] * rel[1:, 0]).sum()) > 0
 
 
+def test_archimedean_clockwise_family_is_the_mirror_image_of_the_counter_clockwise_one():
+    t, cw, cc = spiral_curves(clockwise="archimedean")
+    np.testing.assert_allclose(cw[:, 0] + 5.0, cc[:, 0] - 5.0, atol=1e-12)
+    np.testing.assert_allclose(cw[:, 1], -cc[:, 1], atol=1e-12)
+    np.testing.assert_allclose(np.hypot(cw[:, 0] + 5.0, cw[:, 1]), 0.3 * t, atol=1e-12)
+    data = generate_spirals(10, clockwise="archimedean", seed=0)
+    assert data.meta["clockwise"] == "archimedean"
+    with pytest.raises(ValueError, match="clockwise must be one of"):
+        generate_spirals(10, clockwise="hyperbolic")
+
+
 def test_spiral_generator_rejects_bad_arguments():
     with pytest.raises(ValueError, match="n_total"):
         generate_spirals(10, n_total=200, n_window=100)

@@ -6,7 +6,11 @@ The two spiral families are those of torchdiffeq's ``examples/latent_ode.py``
 
 - counter-clockwise: ``θ = t``, ``r = a + b θ`` (Archimedean), centred at ``(+5, 0)``;
 - clockwise: ``θ = stop + 1 - t``, ``r = a + 50 b / θ``, centred at ``(-5, 0)``
-  (the angle decreases with time, so the point turns clockwise while the radius grows).
+  (the angle decreases with time, so the point turns clockwise while the radius grows). This is
+  a hyperbolic, not an Archimedean, spiral: its radius grows from 0.8 to 15 (b = 0.3), most of it
+  in the last revolution, so the extrapolation windows of late-starting spirals reach radii that
+  no observation window contains. ``clockwise="archimedean"`` gives instead the mirror image of
+  the counter-clockwise family.
 
 Each spiral is a window of ``2 * n_window`` consecutive grid points starting at a random grid
 index in ``[n_window, n_total - 2 n_window]`` (torchdiffeq: "don't sample t0 very near the start
@@ -34,16 +38,31 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["Spirals", "generate_spirals", "spiral_curves"]
+__all__ = ["CLOCKWISE_SHAPES", "Spirals", "generate_spirals", "spiral_curves"]
+
+
+CLOCKWISE_SHAPES = ("torchdiffeq", "archimedean")
 
 
 def spiral_curves(n_total: int = 500, start: float = 0.0, stop: float = 6 * math.pi, a: float = 0.0,
-                  b: float = 0.3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The full noiseless curves on the grid: ``(t (n_total,), clockwise (n_total, 2), ccw (n_total, 2))``."""
+                  b: float = 0.3, clockwise: str = "torchdiffeq") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The full noiseless curves on the grid: ``(t (n_total,), clockwise (n_total, 2), ccw (n_total, 2))``.
+
+    ``clockwise="torchdiffeq"`` is torchdiffeq's clockwise family (``r = a + 50 b / θ``,
+    ``θ = stop + 1 - t``: a hyperbolic spiral whose radius grows ever faster, to ``50 b`` at the
+    end); ``"archimedean"`` is the mirror image of the counter-clockwise one
+    (``(r cos θ - 5, -r sin θ)`` with ``θ = t``, ``r = a + b θ``).
+    """
+    if clockwise not in CLOCKWISE_SHAPES:
+        raise ValueError(f"clockwise must be one of {CLOCKWISE_SHAPES}, got {clockwise!r}")
     t = np.linspace(start, stop, num=n_total)
-    th_cw = stop + 1.0 - t
-    r_cw = a + b * 50.0 / th_cw
-    cw = np.stack([r_cw * np.cos(th_cw) - 5.0, r_cw * np.sin(th_cw)], axis=1)
+    if clockwise == "torchdiffeq":
+        th_cw = stop + 1.0 - t
+        r_cw = a + b * 50.0 / th_cw
+        cw = np.stack([r_cw * np.cos(th_cw) - 5.0, r_cw * np.sin(th_cw)], axis=1)
+    else:
+        r_cw = a + b * t
+        cw = np.stack([r_cw * np.cos(t) - 5.0, -r_cw * np.sin(t)], axis=1)
     th_cc = t
     r_cc = a + b * th_cc
     cc = np.stack([r_cc * np.cos(th_cc) + 5.0, r_cc * np.sin(th_cc)], axis=1)
@@ -111,7 +130,8 @@ class Spirals:
 
 def generate_spirals(n_spirals: int = 1000, *, n_total: int = 500, n_window: int = 100,
                      obs_counts: tuple[int, ...] = (30, 50, 100), start: float = 0.0, stop: float = 6 * math.pi,
-                     noise_std: float = 0.1, a: float = 0.0, b: float = 0.3, seed: int = 0) -> Spirals:
+                     noise_std: float = 0.1, a: float = 0.0, b: float = 0.3, clockwise: str = "torchdiffeq",
+                     seed: int = 0) -> Spirals:
     """Generate the benchmark (see the module docstring); the same ``seed`` gives the same data."""
     if not isinstance(n_spirals, int) or n_spirals < 2:
         raise ValueError(f"n_spirals must be an int >= 2 (half of them turn clockwise), got {n_spirals!r}")
@@ -126,7 +146,7 @@ def generate_spirals(n_spirals: int = 1000, *, n_total: int = 500, n_window: int
     if not stop > start:
         raise ValueError(f"stop must be > start, got start={start}, stop={stop}")
     rng = np.random.default_rng(seed)
-    t, cw, cc = spiral_curves(n_total, start, stop, a, b)
+    t, cw, cc = spiral_curves(n_total, start, stop, a, b, clockwise)
     clockwise = np.zeros(n_spirals, dtype=bool)
     clockwise[rng.permutation(n_spirals)[: n_spirals // 2]] = True
     length = 2 * n_window
@@ -139,6 +159,6 @@ def generate_spirals(n_spirals: int = 1000, *, n_total: int = 500, n_window: int
         idx = np.argsort(rng.random((n_spirals, n_window)), axis=1)[:, :n]
         obs_index[n] = torch.from_numpy(np.sort(idx, axis=1)).long()
     times = torch.tensor(t[:length] - t[0], dtype=torch.float32)
-    meta = dict(n_total=n_total, start=start, stop=stop, noise_std=noise_std, a=a, b=b, seed=seed)
+    meta = dict(n_total=n_total, start=start, stop=stop, noise_std=noise_std, a=a, b=b, clockwise=clockwise, seed=seed)
     return Spirals(times, torch.tensor(true, dtype=torch.float32), torch.tensor(noisy, dtype=torch.float32),
                    torch.from_numpy(clockwise), torch.from_numpy(starts).long(), obs_index, n_window, meta)
