@@ -508,8 +508,8 @@ def _figures(run, config: Config, data: _Data, trained: dict, evals: dict, basel
         ax.plot(np.arange(1, len(losses) + 1), losses, lw=0.6, color=colors.get(name))
         ax.set(xlabel="training step", title=f"{MODEL_LABELS[name]}: "
                + ("negative ELBO" if name == "latent_ode" else "one-step NLL"))
-        if len(losses) and losses.min() > 0:
-            ax.set_yscale("log")
+        ax.set_yscale("symlog", linthresh=100.0)  # the losses fall from ~1e4 to below zero
+        ax.grid(alpha=0.3)
     paths.append(run.save_figure(fig, "loss.png"))
     return paths
 
