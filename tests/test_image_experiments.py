@@ -80,3 +80,15 @@ def test_trajectory_pca_figures(tmp_path):
     per_time = json.loads((tmp_path / "p" / "per_time.json").read_text())
     assert [r["t"] for r in per_time] == pytest.approx([0, 0.25, 0.5, 0.75, 1.0])
     assert 0 <= out.metrics["head_accuracy_t1"] <= 1
+
+
+def test_trajectory_pca_uses_given_weights_and_rejects_missing_ones(tmp_path):
+    from neuralode.nn.image import make_image_classifier
+
+    torch.save(make_image_classifier("odenet", "digits").state_dict(), tmp_path / "odenet.pt")
+    out = run_experiment("trajectory-pca", quick=True, out=tmp_path / "p", overrides=[
+        "dataset=digits", f"weights={tmp_path}", "n_points=60", "n_times=3", "n_examples=2"])
+    assert out.metrics["weights"] == str(tmp_path)
+    with pytest.raises(FileNotFoundError, match="odenet.pt"):
+        run_experiment("trajectory-pca", quick=True, out=tmp_path / "q", overrides=[
+            "dataset=digits", f"weights={tmp_path / 'nowhere'}"])

@@ -66,4 +66,4 @@ def run(config: Config, run: Run) -> dict[str, Any]:
 
 register("digits", config=Config, run=run,
          description="Quick image classification on sklearn's embedded 8x8 digits: ODE-Net vs ResNet vs RK-Net",
-         quick_time="~30 s")
+         quick_time="~30-50 s")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -53,6 +54,10 @@ class Config:
     horizons: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0)
     horizon_method: str = "rk4"
     horizon_batch: int = 64
+    # trained ODE-Nets to study instead of pretraining here: a .pt state dict or a run folder of
+    # the mnist / cifar10 experiment (holding odenet.pt)
+    mnist_weights: str | None = None
+    cifar10_weights: str | None = None
 
     @classmethod
     def quick(cls) -> "Config":
@@ -151,10 +156,19 @@ def _study_dataset(config: Config, run: Run, dataset: str) -> tuple[list[dict], 
     settings = TrainSettings(epochs=1.0, batch_size=config.pretrain_batch, optimizer="adam", lr=2e-3,
                              schedule="cosine", warmup_steps=20, max_train=n_train,
                              max_test=config.eval_images, log_every=25, checkpoint_every=10**9)
-    pre = train_classifier(base, train, test, settings, run, tag=f"{dataset}-pretrain")
-    run.info(f"{dataset}: pretrained ODE-Net, test accuracy {pre['test_accuracy']:.4f} (rk4 step 0.5)")
+    wpath = getattr(config, f"{dataset}_weights", None)
+    if wpath:
+        p = Path(wpath) / "odenet.pt" if Path(wpath).is_dir() else Path(wpath)
+        _load_weights(base, torch.load(p, map_location="cpu", weights_only=True))
+        norm = Normaliser(train)
+        source = f"weights from {p}"
+    else:
+        pre = train_classifier(base, train, test, settings, run, tag=f"{dataset}-pretrain")
+        norm = Normaliser(train.subset(n_train, seed=run.seed))
+        source = (f"pretrained here: {config.pretrain_steps} Adam steps with rk4 h=0.5, "
+                  f"test accuracy {pre['test_accuracy']:.4f}")
+    run.info(f"{dataset}: ODE-Net {source}")
     weights = base.state_dict()
-    norm = Normaliser(train.subset(n_train, seed=run.seed))
     g = torch.Generator().manual_seed(run.seed + 1)
     idx = torch.randperm(len(train), generator=g)[: config.batch_size]
     x, y = norm(train.images[idx], device), train.labels[idx].to(device)
@@ -169,7 +183,7 @@ def _study_dataset(config: Config, run: Run, dataset: str) -> tuple[list[dict], 
             m = _measure(model, x, y, config.measure_steps, device)
             preds = evaluate(model, test_sub, norm, device, 500)
             acc = (preds == test_sub.labels).float().mean().item()
-            row = {"dataset": train.name, "solver": label if step is None else f"{label} h={step_size:g}",
+            row = {"dataset": train.name, "model": source, "solver": label if step is None else f"{label} h={step_size:g}",
                    "gradient": gradient, **m, "test_accuracy": acc}
             rows.append(row)
             run.log(len(rows), **{f"{dataset}/{row['solver']}/{gradient}/{k}": v for k, v in m.items()})
@@ -249,9 +263,10 @@ def run(config: Config, run: Run) -> dict[str, Any]:
     memory_kind = "CUDA max_memory_allocated" if run.device.type == "cuda" else "growth of peak RSS"
     run.write_report(
         "# ODE-Net solver study\n\n"
-        f"One training step (batch {config.batch_size}) of a briefly trained ODE-Net "
-        f"({config.pretrain_steps} Adam steps with rk4 h=0.5), mean of {config.measure_steps} steps after a "
-        f"warm-up. Fixed-step methods use h={config.fixed_step:g}. Peak memory: {memory_kind} during the "
+        f"One training step (batch {config.batch_size}) of a trained ODE-Net, mean of "
+        f"{config.measure_steps} steps after a warm-up. Models: "
+        + "; ".join(f"{d}: {m}" for d, m in dict.fromkeys((r["dataset"], r["model"]) for r in rows)) + ". "
+        f"Fixed-step methods use h={config.fixed_step:g}. Peak memory: {memory_kind} during the "
         "step, MiB; saved activations: bytes autograd keeps for backward (exact); test accuracy on "
         f"{config.eval_images} test images with that solver.\n\n"
         + metrics_table(rows, ["dataset", "solver", "gradient", "nfe_forward", "nfe_backward",
@@ -280,4 +295,4 @@ def run(config: Config, run: Run) -> dict[str, Any]:
 register("solver-study", config=Config, run=run,
          description="ODE-Net on MNIST/CIFAR-10: NFE, time, memory per solver (dopri5 1e-3/1e-1, rk4, midpoint, euler) "
                      "x adjoint/direct; memory vs horizon",
-         quick_time="~5 min (CPU)")
+         quick_time="~5-10 min (CPU)")
