@@ -148,15 +148,18 @@ def test_per_example_times_are_independent_of_the_rest_of_the_batch():
                 torch.testing.assert_close(batch[b : b + 1], alone, rtol=1e-4, atol=1e-5)
 
 
-def test_gradients_with_nan_padding_stay_finite():
+def test_nan_padding_leaves_losses_and_gradients_finite():
     model = _model()
     x, t = _obs()
     mask = torch.ones(3, 6, dtype=torch.bool)
     mask[2, 2:] = False
     x[2, 2:] = float("nan")
+    t[2, 2:] = float("nan")  # padded times are never used either
     for m in (model, RNNBaseline(2, 8, 8)):
         m.zero_grad()
-        m.loss(x, t, mask).backward()
+        loss = m.loss(x, t, mask)
+        assert torch.isfinite(loss)
+        loss.backward()
         assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
 
 

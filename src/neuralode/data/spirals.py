@@ -147,12 +147,12 @@ def generate_spirals(n_spirals: int = 1000, *, n_total: int = 500, n_window: int
         raise ValueError(f"stop must be > start, got start={start}, stop={stop}")
     rng = np.random.default_rng(seed)
     t, cw, cc = spiral_curves(n_total, start, stop, a, b, clockwise)
-    clockwise = np.zeros(n_spirals, dtype=bool)
-    clockwise[rng.permutation(n_spirals)[: n_spirals // 2]] = True
+    is_cw = np.zeros(n_spirals, dtype=bool)
+    is_cw[rng.permutation(n_spirals)[: n_spirals // 2]] = True
     length = 2 * n_window
     starts = rng.integers(n_window, n_total - length + 1, size=n_spirals)
     rows = starts[:, None] + np.arange(length)[None]
-    true = np.where(clockwise[:, None, None], cw[rows], cc[rows])
+    true = np.where(is_cw[:, None, None], cw[rows], cc[rows])
     noisy = true + rng.standard_normal(true.shape) * noise_std
     obs_index = {}
     for n in counts:
@@ -161,4 +161,4 @@ def generate_spirals(n_spirals: int = 1000, *, n_total: int = 500, n_window: int
     times = torch.tensor(t[:length] - t[0], dtype=torch.float32)
     meta = dict(n_total=n_total, start=start, stop=stop, noise_std=noise_std, a=a, b=b, clockwise=clockwise, seed=seed)
     return Spirals(times, torch.tensor(true, dtype=torch.float32), torch.tensor(noisy, dtype=torch.float32),
-                   torch.from_numpy(clockwise), torch.from_numpy(starts).long(), obs_index, n_window, meta)
+                   torch.from_numpy(is_cw), torch.from_numpy(starts).long(), obs_index, n_window, meta)

@@ -257,7 +257,7 @@ class LatentODE(nn.Module):
                                                                    device=mean.device)
         z0 = z0.reshape(n_samples * B, -1)
         rep = lambda a: a.unsqueeze(0).expand(n_samples, *a.shape).reshape(n_samples * B, *a.shape[1:])  # noqa: E731
-        x_hat = self.decode(z0, rep(t))
+        x_hat = self.decode(z0, rep(torch.where(m, t, torch.full_like(t, self.t0))))  # padding: any time will do
         log_lik = gaussian_log_likelihood(rep(obs), x_hat, self.obs_std, rep(m)).view(n_samples, B).mean(0)
         kl = kl_standard_normal(mean, logvar)
         return ELBOTerms(log_lik - kl, log_lik, kl, m.sum(1))
