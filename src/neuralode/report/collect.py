@@ -49,6 +49,10 @@ def collect(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     status = _read_json(d / "status.json") or {}
     fig_dir = d / "figures"
     figures = sorted(p.relative_to(d).as_posix() for p in fig_dir.rglob("*") if p.is_file()) if fig_dir.is_dir() else []
+    if figures and (d / "report.md").exists():
+        # the order the run's own report shows them in; figures it does not link go last
+        text = (d / "report.md").read_text(encoding="utf-8", errors="replace").replace("%20", " ")
+        figures.sort(key=lambda f: (text.find(f) if f in text else len(text), f))
     state = status.get("status") or ("completed" if result is not None else "missing")
     return {
         "dir": d,
@@ -67,6 +71,9 @@ def find_runs(root: str | os.PathLike[str]) -> list[Path]:
     """Sub-folders of ``root`` that are run folders (hold a config.json or status.json)."""
     r = Path(root)
     return sorted(p for p in r.iterdir() if p.is_dir() and ((p / "config.json").exists() or (p / "status.json").exists()))
+
+
+_WIDE = 8  # a run with more headline metrics than this gets a metric | value table
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -112,7 +119,10 @@ def summary_report(runs: Sequence[Mapping[str, Any]], root: str | os.PathLike[st
             parts.append(f"**{r['status'].upper()}**" + (f": `{r.get('error')}`" if r.get("error") else "") + "\n")
         m = r.get("metrics")
         if isinstance(m, Mapping) and m:
-            parts.append(metrics_table([m]))
+            if len(m) > _WIDE:  # one row of many columns is unreadable: one row per metric
+                parts.append(metrics_table([{"metric": k, "value": v} for k, v in m.items()]))
+            else:
+                parts.append(metrics_table([m]))
         for fig in r.get("figures") or []:
             parts.append(image(_rel(Path(d) / fig, root), Path(fig).stem.replace("_", " ")))
     return "\n".join(parts)
