@@ -335,8 +335,12 @@ def _curves_figure(history: dict[str, list], title: str):
     from neuralode.report.plots import figure, line_plot
 
     fig, axes = figure(1, 2, size=(4.2, 3.2))
-    line_plot({"training loss": (history["step"], history["loss"])}, xlabel="step", ylabel="loss",
-              logy=True, ax=axes[0], title="snippet loss")
+    loss = np.asarray(history["loss"], dtype=float)
+    width = max(1, min(len(loss) // 40, len(loss)))
+    smooth = np.convolve(loss, np.ones(width) / width, mode="valid") if len(loss) else loss
+    axes[0].plot(history["step"], loss, color="C0", alpha=0.25, lw=0.6)
+    line_plot({f"mean of {width} steps": (np.asarray(history["step"][width - 1:]), smooth)}, xlabel="step",
+              ylabel="loss", logy=True, ax=axes[0], title="snippet loss (light: per step)")
     line_plot({"traj_mse": (history["eval_step"], history["traj_mse"])}, xlabel="step",
               ylabel="MSE over [0, t_max]", logy=True, ax=axes[1], title="whole-span trajectory MSE")
     fig.suptitle(title)
