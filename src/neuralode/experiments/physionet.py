@@ -370,6 +370,10 @@ def _train_and_evaluate(index: int, name: str, config: Config, data: _Data, run,
         bar.update()
         run.save_checkpoint(state())
     bar.close()
+    if run.is_main:  # the trained weights, for later evaluation (e.g. on set b) without retraining
+        from neuralode.io import atomic_torch_save
+
+        atomic_torch_save(full.state_dict(), run.dir / "models" / f"{name}.pt")
     test = _evaluate(full, data.test, config, run)
     row = {
         "model": MODEL_LABELS[name],
