@@ -16,7 +16,7 @@ import torch
 from .control import PIController, error_ratio, fixed_grid, initial_step
 from .interpolate import dense_rows, evaluate_dense, needs_end_derivative
 from .problem import AdaptiveOptions, Problem
-from .rk import Scalar, combine, rk_step
+from .rk import Scalar, combine_row, plan_for, rk_step
 from .solution import Solution, SolveStats, Status
 
 OnAccept = Callable[[float, float, torch.Tensor], None]
@@ -113,6 +113,7 @@ def _integrate_adaptive(problem: Problem, on_accept: Optional[OnAccept]) -> Solu
     rtol, atol, norm = problem.rtol, problem.atol, problem.norm
     rows = dense_rows(tab)
     needs_f1 = needs_end_derivative(rows, tab)
+    plan = plan_for(tab, y.dtype, y.device)
     cb = problem.callbacks
     t_end = ts[-1]
     jumps = set(opts.jump_t)
@@ -161,11 +162,11 @@ def _integrate_adaptive(problem: Problem, on_accept: Optional[OnAccept]) -> Solu
         if cb.step is not None:
             cb.step(torch.tensor(t, dtype=time_dtype), y, torch.tensor(h_step, dtype=time_dtype))
         at_jump = lands and bound in jumps
-        y1, ks = rk_step(evaluate, tab, tg, hg, t1g, y, f0, -1 if at_jump else 0)
+        y1, ks = rk_step(evaluate, tab, tg, hg, t1g, y, f0, -1 if at_jump else 0, plan)
         stats.nfe += tab.n_stages - 1
         attempts += 1
         with torch.no_grad():
-            ratio = error_ratio(combine(None, ks, tab.err_terms, h_step), y, y1, rtol, atol, norm)
+            ratio = error_ratio(combine_row(None, ks, plan.error, h_step), y, y1, rtol, atol, norm)
         finite = math.isfinite(ratio)
         last_nonfinite = not finite
         if not finite and h_step <= min_step:
@@ -243,6 +244,7 @@ def _integrate_fixed(problem: Problem, on_accept: Optional[OnAccept], locate_non
     grid_g = list(grid.unbind()) if ts_graph is not None else None
     rows = dense_rows(tab, opts.interp)
     needs_f1 = needs_end_derivative(rows, tab)
+    plan = plan_for(tab, y.dtype, y.device)
     perturb = opts.perturb
     first_perturb = 1 if perturb else 0
     end_perturb = -1 if perturb else 0
@@ -267,7 +269,7 @@ def _integrate_fixed(problem: Problem, on_accept: Optional[OnAccept], locate_non
                 _check_field_output(f0, y, problem)
         if cb_step is not None:
             cb_step(torch.tensor(t0, dtype=problem.t.dtype), y, torch.tensor(h, dtype=problem.t.dtype))
-        y1, ks = rk_step(evaluate, tab, t0g, hg, t1g, y, f0, end_perturb)
+        y1, ks = rk_step(evaluate, tab, t0g, hg, t1g, y, f0, end_perturb, plan)
         stats.nfe += tab.n_stages - 1
         stats.n_accepted += 1
         if on_accept is not None:

@@ -197,14 +197,15 @@ ADAPTIVE_HEUN = ButcherTableau(
     dense=hermite_dense(_AH_B, fsal=False),
     reference="Heun's method with an embedded Euler error estimate; cubic Hermite dense output.")
 
-_FE_B = (1 / 256, 255 / 256, 0.0)
+_FE_B = (1 / 512, 255 / 256, 1 / 512)
 FEHLBERG2 = ButcherTableau(
-    "fehlberg2", 1, c=(0.0, 0.5, 1.0), a=((), (0.5,), (1 / 256, 255 / 256)), b=_FE_B,
-    b_err=(1 / 512, 0.0, -1 / 512), dense=hermite_dense(_FE_B, fsal=True), error_order=2,
-    reference="Fehlberg's RK1(2) pair (Fehlberg 1969) as he designed it: the first-order solution "
-              "(tiny error constant) is propagated and the second-order one estimates its error, "
-              "which makes it FSAL. torchdiffeq propagates the second-order solution with the same "
-              "estimate, which then under-estimates the error by orders of magnitude.")
+    "fehlberg2", 2, c=(0.0, 0.5, 1.0), a=((), (0.5,), (1 / 256, 255 / 256)), b=_FE_B,
+    b_err=(-1 / 512, 0.0, 1 / 512), dense=hermite_dense(_FE_B, fsal=False),
+    reference="Fehlberg's RK1(2) pair propagating the second-order solution, as torchdiffeq's "
+              "'fehlberg2'. Its error estimate is the first-order formula's h²/512 term only, which "
+              "under-states the true local error once |hλ| exceeds ~0.01: use it for loose "
+              "tolerances only. Unlike torchdiffeq, the last stage (taken at the first-order "
+              "point) is not reused as f(t1, y1), so a step costs three evaluations.")
 
 _BS_B = (2 / 9, 1 / 3, 4 / 9, 0.0)
 BOSH3 = ButcherTableau(
