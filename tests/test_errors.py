@@ -108,12 +108,6 @@ def test_y0_and_t_on_different_devices_are_rejected(entry):
     info.match(r"\bt\b")
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_y0_on_cuda_and_t_on_cpu_are_rejected(entry):  # pragma: no cover - GPU machines only
-    with pytest.raises(ValueError, match=r"\bdevice"):
-        entry(decay, torch.ones(2, device="cuda"), T01)
-
-
 @pytest.mark.parametrize("method", ["rk4", "dopri5"])
 def test_func_returning_the_wrong_shape_is_rejected_naming_func(entry, method):
     with pytest.raises((ValueError, TypeError), match=r"\bfunc\b") as info:
