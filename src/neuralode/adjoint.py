@@ -108,6 +108,11 @@ class _AugmentedField:
         self.n = math.prod(shape)
         self.params = params
         self.sizes = [p.numel() for p in params]
+        # Set before each backward segment: the first derivative is checked for NaN/inf. The
+        # integrator's initial step selection would turn a non-finite f0 into a NaN step size,
+        # which no step-size test catches (see the note in _BackwardSolver._segment).
+        self.check_first = False
+        self.first_finite = True
 
     def __call__(self, r: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         n = self.n
@@ -128,10 +133,19 @@ class _AugmentedField:
             else:
                 part.copy_(g.reshape(-1))
             offset += size
+        if self.check_first:
+            self.check_first = False
+            self.first_finite = bool(torch.isfinite(out).all())
+            if not self.first_finite:
+                raise _NonFiniteStart()
         return out
 
 
-def _backward_norm(state_norm: Callable, n: int, shape: torch.Size, sizes: List[int], seminorm: bool,
+class _NonFiniteStart(Exception):
+    """The adjoint system's derivative is non-finite at the start of a backward segment."""
+
+
+def _backward_norm(state_norm: Callable, n: int, shape: torch.Size, param_shapes: List[torch.Size], seminorm: bool,
                    user_norm: Optional[Callable], tuple_shapes) -> Callable:
     """The error norm of the backward solve.
 
@@ -139,6 +153,7 @@ def _backward_norm(state_norm: Callable, n: int, shape: torch.Size, sizes: List[
     every parameter-gradient tensor. Seminorm: the parameter-gradient channels are left out.
     A user norm gets torchdiffeq's tuple ``(t, *y, *a, *param_grads)`` (``t`` is always 0 here).
     """
+    sizes = [math.prod(s) for s in param_shapes]
     if user_norm is not None:
         def custom(x: torch.Tensor):
             y, a = x[:n], x[n:2 * n]
@@ -147,7 +162,8 @@ def _backward_norm(state_norm: Callable, n: int, shape: torch.Size, sizes: List[
             else:
                 ys, aa = (y.view(shape),), (a.view(shape),)
             zero = x.new_zeros(())
-            return user_norm((zero, *ys, *aa, *x[2 * n:].split(sizes)))
+            grads = [g.view(s) for g, s in zip(x[2 * n:].split(sizes), param_shapes)]
+            return user_norm((zero, *ys, *aa, *grads))
         return custom
 
     roots = None
@@ -211,7 +227,8 @@ class _BackwardSolver:
         rtol = problem.rtol if strategy.rtol is None else _tolerance("adjoint rtol", strategy.rtol, problem.shapes, y0)
         atol = problem.atol if strategy.atol is None else _tolerance("adjoint atol", strategy.atol, problem.shapes, y0)
         z_like = y0.new_empty(2 * self.n + sum(sizes))
-        norm = _backward_norm(problem.norm, self.n, self.shape, sizes, seminorm, user_norm, problem.shapes)
+        norm = _backward_norm(problem.norm, self.n, self.shape, [p.shape for p in params], seminorm, user_norm,
+                              problem.shapes)
         self.template = Problem(
             func=self.field, y0=z_like, t=problem.t.detach()[:2], tableau=tableau,
             rtol=self._augment_tol(rtol, sizes), atol=self._augment_tol(atol, sizes), options=options, norm=norm,
@@ -248,8 +265,8 @@ class _BackwardSolver:
             if cb is None or not callable(cb):
                 continue
 
-            def wrapped(r, z, dt, _cb=cb):
-                return _cb(self._user_time(r), self._split_user(z), dt)
+            def wrapped(r, z, dt, _cb=cb):  # in user time, like the forward callbacks: dt < 0 backward
+                return _cb(self._user_time(r), self._split_user(z), self._user_time(dt))
 
             found[key] = wrapped
         return Callbacks(**found)
@@ -274,7 +291,15 @@ class _BackwardSolver:
     def _segment(self, z: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
         """Solve the adjoint system from internal time ``t[i]`` back to ``t[i-1]``."""
         r = torch.stack([-t[i], -t[i - 1]]).detach()
-        solution = integrate(self.template.replace(y0=z, t=r))
+        # Work-around: integrate() hangs when f(t0, y0) is non-finite (NaN initial step, and NaN
+        # never compares as an underflow), so the first derivative of each segment is checked.
+        self.field.check_first = True
+        try:
+            solution = integrate(self.template.replace(y0=z, t=r))
+        except _NonFiniteStart:
+            self._raise(Status.NONFINITE, float(r[0]))
+        finally:
+            self.field.check_first = False
         s = solution.stats
         self.stats.nfe_backward += s.nfe
         self.stats.n_accepted_backward += s.n_accepted
@@ -689,7 +714,8 @@ def odeint_adjoint(func: Callable, y0, t, *, rtol: Any = 1e-7, atol: Any = 1e-9,
     default to the forward ones; ``adjoint_options={"norm": "seminorm"}`` uses the seminorm.
     Methods ``callback_step_adjoint``, ``callback_accept_step_adjoint`` and
     ``callback_reject_step_adjoint`` on ``func`` are called during the backward solve with
-    ``(t, (y, a, *param_grads), dt)``.
+    ``(t, (y, a, *param_grads), dt)`` in user time (``dt < 0`` when the forward solve runs
+    forward in time).
     """
     from .solve import solve
 
