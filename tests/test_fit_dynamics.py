@@ -131,3 +131,24 @@ def test_fit_linear_killed_and_resumed_ends_with_the_uninterrupted_parameters(tm
     uninterrupted = json.loads((tmp_path / "a" / "result.json").read_text())
     for key in ("traj_mse", "matrix_error", "final_loss", "nfe_forward"):
         assert resumed.metrics[key] == uninterrupted[key], key
+
+
+def test_fields_demo_initialisation_and_shapes():
+    torch.manual_seed(0)
+    cubic = E.CubicField(2, 50)
+    assert cubic(torch.tensor(0.0), torch.randn(7, 2)).shape == (7, 2)
+    w = cubic.net[0].weight.detach()
+    assert abs(float(w.std()) - 0.1) < 0.03 and torch.equal(cubic.net[0].bias.detach(), torch.zeros(50))
+    # it reads y**3 through tanh with zero biases: at initialisation the field is odd in y
+    y = torch.randn(5, 2)
+    torch.testing.assert_close(cubic(torch.tensor(0.0), -y), -cubic(torch.tensor(0.0), y))
+    assert E.MLPField(3, 16)(torch.tensor(0.0), torch.randn(4, 3)).shape == (4, 3)
+    linear = E.LinearField(3)
+    assert torch.equal(linear.matrix.detach(), torch.zeros(3, 3))  # no prior on the dynamics
+
+
+def test_bad_settings_are_rejected_before_training(tmp_path):
+    with pytest.raises(ValueError, match="field must be 'cubic' or 'mlp'"):
+        E.run_spiral(E.SpiralConfig(field="siren"), Run(tmp_path))
+    with pytest.raises(ValueError, match="dim must be 2 or 3"):
+        E.run_linear(E.LinearConfig(dim=4), Run(tmp_path))

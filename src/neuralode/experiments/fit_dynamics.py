@@ -453,7 +453,7 @@ def run_linear(config: LinearConfig, run: Run) -> dict[str, Any]:
 
 register("fit-spiral", config=SpiralConfig, run=run_spiral,
          description="Learn dy/dt = y³A (torchdiffeq's ode_demo) from trajectory snippets: trajectory MSE, fields",
-         quick_time="~15 s")
+         quick_time="~30 s")
 register("fit-linear", config=LinearConfig, run=run_linear,
          description="Learn a stable 3-D linear system dy/dt = Ay from trajectory snippets and recover A",
-         quick_time="~10 s")
+         quick_time="~15 s")
