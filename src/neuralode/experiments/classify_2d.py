@@ -204,6 +204,10 @@ def _accuracy(model: nn.Module, data) -> float:
 def _train_one(config: Config, run: Run, key: str, model: nn.Module, train, test,
                ckpt: dict[str, Any] | None, done: dict[str, Any]) -> dict[str, Any]:
     """Train one (data set, model) pair; resumable from a mid-pair checkpoint ``ckpt``."""
+    from neuralode.data.toy2d import Toy2D
+
+    train, test = (Toy2D(d.x.to(run.device), d.y.to(run.device), d.name) for d in (train, test))
+    model.to(run.device)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     if config.schedule == "cosine":
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / config.steps)))
@@ -258,8 +262,9 @@ def _train_one(config: Config, run: Run, key: str, model: nn.Module, train, test
         if step % config.checkpoint_every == 0 and step < config.steps:
             run.save_checkpoint(state())
     bar.close()
-    return {"state": model.state_dict(), "history": hist, "seconds": seconds,
-            "accuracy": _accuracy(model, test), "train_accuracy": _accuracy(model, train)}
+    result = {"accuracy": _accuracy(model, test), "train_accuracy": _accuracy(model, train)}
+    model.to("cpu")  # figures are drawn on the CPU; checkpoints hold CPU tensors
+    return {"state": model.state_dict(), "history": hist, "seconds": seconds, **result}
 
 
 def run(config: Config, run: Run) -> dict[str, Any]:

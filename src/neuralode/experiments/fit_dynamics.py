@@ -39,6 +39,7 @@ and 10-point snippets it is exact for the discretised solve and faster than the 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -189,8 +190,10 @@ def _train(config, run: Run, data, field: nn.Module, name: str) -> dict[str, Any
     from neuralode.nn import ODEBlock
 
     torch.set_num_threads(config.threads)
+    # the caller keeps the CPU copy for the figures
+    data = dataclasses.replace(data, **{k: getattr(data, k).to(run.device) for k in ("t", "y", "y0", "matrix")})
     block = ODEBlock(field, t=data.t[:2], method=config.method, rtol=config.rtol, atol=config.atol,
-                     gradient=config.gradient)
+                     gradient=config.gradient).to(run.device)
     opt = _optimizer(config.optimizer, block.parameters(), config.lr)
     if config.schedule not in ("constant", "cosine"):
         raise ValueError(f"schedule must be 'constant' or 'cosine', got {config.schedule!r}")
@@ -240,10 +243,12 @@ def _train(config, run: Run, data, field: nn.Module, name: str) -> dict[str, Any
         if step % config.checkpoint_every == 0 or step == config.steps:
             run.save_checkpoint(state())
     bar.close()
+    traj_mse = _traj_mse(block, data)
+    block.to("cpu")  # the figures and the recovered matrix are read on the CPU
     return {
         "block": block,
         "history": history,
-        "traj_mse": _traj_mse(block, data),
+        "traj_mse": traj_mse,
         "traj_mse_initial": history["traj_mse"][0],
         "final_loss": history["loss"][-1] if history["loss"] else float("nan"),
         "nfe_forward": last_nfe,
