@@ -162,30 +162,30 @@ def test_adjoint_with_a_fixed_step_method_and_another_backward_method():
 
 def test_seminorm_uses_no_more_backward_evaluations_than_the_plain_adjoint():
     func, y0 = make("mlp")
-    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    t = torch.tensor([0.0, 3.0], dtype=torch.float64)
     nfe = {}
     grads = {}
     for mode in ("adjoint", "adjoint-seminorm"):
-        got, sol = gradients(func, y0, t, mode, rtol=1e-6, atol=1e-6)
+        got, sol = gradients(func, y0, t, mode, rtol=1e-8, atol=1e-8)
         nfe[mode] = sol.stats.nfe_backward
         grads[mode] = got
     assert nfe["adjoint-seminorm"] <= nfe["adjoint"]
     for g, e in zip(grads["adjoint-seminorm"], grads["adjoint"]):
-        torch.testing.assert_close(g, e, rtol=1e-3, atol=1e-5)
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-7)
 
 
 def test_odeint_adjoint_seminorm_option_is_the_seminorm_strategy():
     func, y0 = make("mlp")
-    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    t = torch.tensor([0.0, 3.0], dtype=torch.float64)
     counts = {}
     for key, opts in (("plain", None), ("semi", dict(norm="seminorm"))):
         calls = []
         func.callback_step_adjoint = lambda t0, y, dt: calls.append(float(dt))
-        out = odeint_adjoint(func, y0, t, rtol=1e-6, atol=1e-6, adjoint_options=opts)
+        out = odeint_adjoint(func, y0, t, rtol=1e-8, atol=1e-8, adjoint_options=opts)
         out[-1].sum().backward()
         counts[key] = len(calls)
     del func.callback_step_adjoint
-    _, sol = gradients(func, y0, t, Adjoint(seminorm=True), rtol=1e-6, atol=1e-6)
+    _, sol = gradients(func, y0, t, Adjoint(seminorm=True), rtol=1e-8, atol=1e-8)
     assert counts["semi"] < counts["plain"]
     assert counts["semi"] == sol.stats.n_accepted_backward + sol.stats.n_rejected_backward
 
@@ -371,3 +371,16 @@ def test_step_budget_exhausted_in_the_backward_pass():
     with pytest.raises(SolverError, match="backward") as info:
         out[-1].sum().backward()
     assert info.value.backward and info.value.status is neuralode.Status.MAX_STEPS
+
+
+def test_the_backward_solve_starts_with_the_forward_step_size():
+    """Not Hairer's heuristic, which the zero-initialised parameter channels drive to ~1e-3."""
+    func, y0 = make("mlp")
+    forward, backward = [], []
+    func.callback_accept_step = lambda t0, y, dt: forward.append(float(dt))
+    func.callback_step_adjoint = lambda t0, state, dt: backward.append(float(dt))
+    out = odeint_adjoint(func, y0.requires_grad_(True), torch.tensor([0.0, 1.0], dtype=torch.float64),
+                         rtol=1e-6, atol=1e-6)
+    out[-1].sum().backward()
+    assert backward[0] == -forward[-1]
+    assert len(backward) <= len(forward) + 2
