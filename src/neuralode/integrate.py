@@ -147,8 +147,8 @@ def _integrate_adaptive(problem: Problem, on_accept: Optional[OnAccept]) -> Solu
         else:
             h_step = h
             t1 = t + h
-        if h_step <= 8 * _EPS * max(abs(t), span):
-            status = Status.NONFINITE if last_nonfinite else Status.STEP_UNDERFLOW
+        if not h_step > 8 * _EPS * max(abs(t), span):  # also catches a NaN step (non-finite field)
+            status = Status.NONFINITE if (last_nonfinite or h_step != h_step) else Status.STEP_UNDERFLOW
             break
         if ts_graph is None:
             t1g: Scalar = t1
