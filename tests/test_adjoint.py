@@ -384,3 +384,14 @@ def test_the_backward_solve_starts_with_the_forward_step_size():
     out[-1].sum().backward()
     assert backward[0] == -forward[-1]
     assert len(backward) <= len(forward) + 2
+
+
+def test_per_component_tolerances_of_a_tuple_state():
+    func, y0 = make("tuple")
+    t = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    expected, _ = gradients(func, y0, t, "direct", rtol=(1e-10, 1e-9), atol=(1e-10, 1e-9))
+    got, sol = gradients(func, y0, t, Adjoint(rtol=(1e-10, 1e-9), atol=(1e-10, 1e-9)),
+                         rtol=(1e-10, 1e-9), atol=(1e-10, 1e-9))
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
+    assert sol.stats.nfe_backward > 0
