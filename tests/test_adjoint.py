@@ -395,3 +395,22 @@ def test_per_component_tolerances_of_a_tuple_state():
     for g, e in zip(got, expected):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
     assert sol.stats.nfe_backward > 0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_finished_solve_is_freed_without_the_garbage_collector(mode):
+    """No reference cycle (output -> autograd node -> strategy state -> output): a training loop's
+    stored states are released as soon as the graph is, not at the next GC pass."""
+    import gc
+    import weakref
+
+    func, y0 = make("mlp")
+    gc.disable()
+    try:
+        sol = solve(func, y0.requires_grad_(True), torch.tensor([0.0, 1.0], dtype=torch.float64), gradient=mode)
+        ref = weakref.ref(sol.ys)
+        sol.ys.sum().backward()
+        del sol
+        assert ref() is None
+    finally:
+        gc.enable()

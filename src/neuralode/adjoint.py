@@ -432,7 +432,7 @@ class Adjoint:
             return integrate(problem)
         solver = _BackwardSolver(problem, self, params)
         ys = _AdjointFunction.apply(solver, problem.y0, problem.t, *params)
-        forward = solver.solution
+        forward, solver.solution = solver.solution, None  # no cycle output -> ctx -> solver -> output
         return Solution(ys=ys, ts=problem.t, stats=forward.stats, status=forward.status, t_reached=forward.t_reached)
 
     def __repr__(self) -> str:
@@ -453,15 +453,18 @@ class _Replay:
         self.params = params
         self.records: List[Tuple[float, float, torch.Tensor]] = []
         self.solution: Optional[Solution] = None
+        self.stats: Optional[SolveStats] = None
+        self.t_reached: Optional[float] = None
 
     def forward(self) -> Solution:
         records = self.records
         self.solution = integrate(self.problem, on_accept=lambda t, h, y: records.append((t, h, y)))
+        self.stats, self.t_reached = self.solution.stats, self.solution.t_reached
         return self.solution
 
     def _evaluator(self, time_dtype):
         evaluate = _make_evaluate(self.problem.func, self.problem.y0, time_dtype)
-        stats = self.solution.stats
+        stats = self.stats
 
         def counted(t, y, perturb=0):
             stats.nfe_backward += 1
@@ -478,7 +481,7 @@ class _Replay:
         return gy, grads[1:k], grads[k:]
 
     def backward(self, grad_ys: torch.Tensor, need_t: bool):
-        self.solution.stats.n_accepted_backward += len(self.records)
+        self.stats.n_accepted_backward += len(self.records)
         if self.problem.tableau.adaptive:
             return self._backward_adaptive(grad_ys, need_t)
         return self._backward_fixed(grad_ys, need_t)
@@ -501,7 +504,7 @@ class _Replay:
         rows = dense_rows(tab)
         needs_f1 = needs_end_derivative(rows, tab)
         records = self.records
-        t_reached = self.solution.t_reached
+        t_reached = self.t_reached
         last_t = -t_reached if problem.reversed else t_reached
         ends = [rec[0] for rec in records[1:]] + [last_t]
 
@@ -721,7 +724,7 @@ class Checkpoint:
             return integrate(problem)
         replay = _Replay(problem, params)
         ys = _CheckpointFunction.apply(replay, problem.y0, problem.t, *params)
-        forward = replay.solution
+        forward, replay.solution = replay.solution, None  # no cycle output -> ctx -> replay -> output
         return Solution(ys=ys, ts=problem.t, stats=forward.stats, status=forward.status, t_reached=forward.t_reached)
 
     def __repr__(self) -> str:
