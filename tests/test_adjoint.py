@@ -76,7 +76,9 @@ PROBLEMS = ["linear", "mlp", "tuple", "time"]
 
 
 def leaves(y0):
-    return tuple(y.clone().requires_grad_(True) for y in y0) if isinstance(y0, tuple) else y0.clone().requires_grad_(True)
+    if isinstance(y0, tuple):
+        return tuple(y.clone().requires_grad_(True) for y in y0)
+    return y0.clone().requires_grad_(True)
 
 
 def gradients(func, y0, t, gradient, **kwargs):

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .control import fixed_grid, rms_norm
+from .control import fixed_grid
 from .errors import SolverError
 from .integrate import _make_evaluate, integrate
 from .interpolate import dense_rows, evaluate_dense, needs_end_derivative
