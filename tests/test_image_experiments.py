@@ -92,3 +92,12 @@ def test_trajectory_pca_uses_given_weights_and_rejects_missing_ones(tmp_path):
     with pytest.raises(FileNotFoundError, match="odenet.pt"):
         run_experiment("trajectory-pca", quick=True, out=tmp_path / "q", overrides=[
             "dataset=digits", f"weights={tmp_path / 'nowhere'}"])
+
+
+def test_resuming_a_multi_model_run_skips_the_models_it_finished(tmp_path):
+    overrides = ["variants=resnet,odenet", "epochs=1", "max_train=64", "max_test=40", "batch_size=32"]
+    first = run_experiment("digits", quick=True, out=tmp_path / "d", overrides=overrides)
+    lines = (tmp_path / "d" / "metrics.jsonl").read_text().splitlines()
+    again = run_experiment("digits", quick=True, out=tmp_path / "d", overrides=overrides, resume=True)
+    assert again.metrics == first.metrics
+    assert (tmp_path / "d" / "metrics.jsonl").read_text().splitlines() == lines  # nothing retrained

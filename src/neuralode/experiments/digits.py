@@ -38,6 +38,8 @@ class Config:
     augment: bool = False
     log_every: int = 10
     checkpoint_every: int = 200
+    max_train: int | None = None    # random subsets, for tiny runs
+    max_test: int | None = None
 
     @classmethod
     def quick(cls) -> "Config":
