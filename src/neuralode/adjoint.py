@@ -26,6 +26,11 @@ is of the order of the tolerance) but the full graph does not fit in memory.
 
 :func:`odeint_adjoint` is the drop-in replacement of ``torchdiffeq.odeint_adjoint``.
 
+Backward step sizes. Each backward segment starts with the forward solve's step size at that
+time rather than Hairer's initial-step heuristic, which the zero-initialised parameter channels
+drive to tiny steps (torchdiffeq's 38 backward evaluations against our 13 on the MLP benchmark
+are mostly that); every backward step is still accepted only under the backward error norm.
+
 Time gradients. ``dL/dt_i = <g_i, f(t_i, y_i)>`` for ``i >= 1`` and
 ``dL/dt_0 = -<a(t_0), f(t_0, y_0)>`` (the adjoint just after ``t_0``). torchdiffeq integrates a
 time channel ``-∫ a·∂f/∂t`` alongside the adjoint to get ``dL/dt_0``; the closed form above is
