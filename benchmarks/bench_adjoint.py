@@ -211,8 +211,19 @@ def bench_mlp(repeats, device):
         ratio = ours_adj[0] / results["torchdyn adjoint"][0]
         verdict("plain adjoint step faster than torchdyn's seminorm adjoint", ratio < 1.0, f"{ratio:.2f}x")
     reduction = 1 - ours_semi[2][1] / ours_adj[2][1]
-    verdict("seminorm backward NFE >= 30% below the plain adjoint's", reduction >= 0.3,
+    verdict("seminorm backward NFE >= 30% below the plain adjoint's (T=1)", reduction >= 0.3,
             f"{ours_semi[2][1]} vs {ours_adj[2][1]} ({100 * reduction:.0f}% fewer)")
+    # Our plain adjoint starts its backward solve with the forward step size, not Hairer's
+    # heuristic (which the zero parameter channels collapse; torchdiffeq's 38 vs 20 above is
+    # mostly that), so on the short horizon there is little left for the seminorm to save.
+    # The longer horizon shows what the seminorm saves in the steps themselves.
+    counts = {}
+    t10 = torch.tensor([0.0, 10.0], device=device)
+    for name in ("neuralode adjoint", "neuralode adjoint-seminorm"):
+        counts[name] = ours(name.split()[1])(field, x, t10, 1e-5)[1]
+    reduction = 1 - counts["neuralode adjoint-seminorm"] / counts["neuralode adjoint"]
+    verdict("seminorm backward NFE >= 30% below the plain adjoint's (T=10)", reduction >= 0.3,
+            f"{counts['neuralode adjoint-seminorm']} vs {counts['neuralode adjoint']} ({100 * reduction:.0f}% fewer)")
     return results
 
 
