@@ -1,13 +1,14 @@
 """One generic explicit Runge–Kutta step, for every tableau.
 
-The hot path of a solve is the function evaluation; everything here is overhead. A stage
-combination ``y + h Σ a_ij k_j`` with few terms is one ``torch.add`` plus in-place ``add_`` per
-term (autograd-safe: additions save nothing for backward); with three or more terms, and always
-for the new solution, the stages are stacked and combined by one matrix–vector product
-(``addmv``). The new solution's increment ``h Σ b_j k_j`` is formed first (``mv``) and added to
-``y`` once: adding term by term — which ``addmv`` does internally too — rounds ``y`` once per
-term and, on smooth fields, those roundings drift the same way step after step (0.3 ulp per
-step for rk4 in float32, against 0.035 when the increment is formed first).
+The hot path of a solve is the function evaluation; everything here is overhead, counted in
+tensor operations (each costs a few microseconds of dispatch and autograd bookkeeping on small
+states). A stage combination ``y + h Σ a_ij k_j`` is one ``torch.add`` plus one in-place
+``add_`` per further term (autograd-safe: additions save nothing for backward). The new
+solution's increment ``h Σ b_j k_j`` is formed first and added to ``y`` once: adding term by
+term rounds ``y`` once per term and, on smooth fields, those roundings drift the same way step
+after step (0.3 ulp per step for rk4 in float32, against 0.035 with the increment formed first).
+Stacking the stages for one matrix–vector product was measured slower on small states (more
+dispatches) and ``addmv`` accumulates into ``y`` term by term anyway.
 
 When gradients must flow to the output times, ``h`` is a 0-d tensor and the same sums are
 built from differentiable tensor products instead.
@@ -27,65 +28,42 @@ Terms = Sequence[Tuple[int, float]]
 
 @dataclass(frozen=True)
 class Row:
-    """One linear combination of stages: its non-zero terms and, for ``addmv``, their weights."""
+    """One linear combination of stages: its non-zero ``(stage, weight)`` terms."""
 
     terms: Tuple[Tuple[int, float], ...]
-    index: Tuple[int, ...]
-    weights: Optional[torch.Tensor]  # set when the row is combined with one matrix-vector product
-    increment_first: bool = False  # form h·Σ w_j k_j, then add it to the base once (new solutions)
+    increment_first: bool = False  # a new solution: form h·Σ w_j k_j, then add it to y once
 
 
 @dataclass(frozen=True)
 class Plan:
-    """A tableau's stage rows, solution row and error row, ready for one dtype and device."""
+    """A tableau's stage rows, solution row and error row."""
 
     stages: Tuple[Row, ...]
     solution: Row
     error: Row
 
 
-_PLANS: Dict[Tuple[str, torch.dtype, torch.device], Plan] = {}
+_PLANS: Dict[str, Plan] = {}
 
 
-def _row(terms: Terms, dtype: torch.dtype, device: torch.device, matrix: bool, solution: bool = False) -> Row:
-    terms = tuple(terms)
-    weights = torch.tensor([w for _, w in terms], dtype=dtype, device=device) if matrix and terms else None
-    return Row(terms=terms, index=tuple(j for j, _ in terms), weights=weights,
-               increment_first=solution and weights is not None)
-
-
-def plan_for(tableau: ButcherTableau, dtype: torch.dtype, device: torch.device) -> Plan:
-    """The cached :class:`Plan` of ``tableau`` for states of ``dtype`` on ``device``."""
-    key = (tableau.name, dtype, device)
-    plan = _PLANS.get(key)
+def plan_for(tableau: ButcherTableau, dtype: Optional[torch.dtype] = None, device=None) -> Plan:
+    """The cached :class:`Plan` of ``tableau`` (``dtype``/``device`` are accepted for callers
+    that key plans by them; rows hold Python floats and serve every dtype and device)."""
+    plan = _PLANS.get(tableau.name)
     if plan is None:
         last = len(tableau.c) - 1
-        stages = tuple(
-            _row(terms, dtype, device, matrix=len(terms) >= 3 or (tableau.fsal and i == last and len(terms) >= 2),
-                 solution=tableau.fsal and i == last)
-            for i, terms in enumerate(tableau.a_terms))
-        solution = stages[last] if tableau.fsal else _row(tableau.b_terms, dtype, device, len(tableau.b_terms) >= 2,
-                                                          solution=True)
-        error = _row(tableau.err_terms, dtype, device, matrix=len(tableau.err_terms) >= 2)
-        plan = Plan(stages=stages, solution=solution, error=error)
-        _PLANS[key] = plan
+        stages = tuple(Row(tuple(terms), increment_first=tableau.fsal and i == last and len(terms) >= 2)
+                       for i, terms in enumerate(tableau.a_terms))
+        solution = stages[last] if tableau.fsal else Row(tuple(tableau.b_terms), len(tableau.b_terms) >= 2)
+        plan = Plan(stages=stages, solution=solution, error=Row(tuple(tableau.err_terms)))
+        _PLANS[tableau.name] = plan
     return plan
-
-
-def _stacked(ks: Sequence[torch.Tensor], index: Sequence[int]) -> torch.Tensor:
-    """The selected stages as the columns of an ``(n_elements, m)`` matrix (a transposed view)."""
-    return torch.stack([ks[j] for j in index]).view(len(index), -1).t()
 
 
 def combine_row(base: Optional[torch.Tensor], ks: Sequence[torch.Tensor], row: Row, h: Scalar) -> torch.Tensor:
     """``base + h Σ w_j ks[j]`` over the row's terms (``base=None`` means zero)."""
-    if row.weights is not None and type(h) is float:
-        if base is None:
-            return torch.mv(_stacked(ks, row.index), row.weights).mul_(h).view_as(ks[0])
-        if row.increment_first:  # addmv would accumulate term by term into the base
-            increment = torch.mv(_stacked(ks, row.index), row.weights)
-            return torch.add(base.reshape(-1), increment, alpha=h).view_as(base)
-        return torch.addmv(base.reshape(-1), _stacked(ks, row.index), row.weights, alpha=h).view_as(base)
+    if row.increment_first and base is not None and type(h) is float:
+        return torch.add(base, combine(None, ks, row.terms, h))
     return combine(base, ks, row.terms, h)
 
 
@@ -112,13 +90,10 @@ def combine(base: Optional[torch.Tensor], ks: Sequence[torch.Tensor], terms: Ter
 
 
 def combine_weights(base: torch.Tensor, ks: Sequence[torch.Tensor], weights: Sequence[Scalar], h: Scalar) -> torch.Tensor:
-    """``base + h Σ weights[j] ks[j]`` where the weights may be floats or 0-d tensors."""
+    """``base + h Σ weights[j] ks[j]`` (dense output) where the weights may be floats or 0-d tensors."""
     if type(h) is float and all(type(w) is float for w in weights):
-        index = [j for j, w in enumerate(weights) if w != 0]
-        if not index:
-            return base
-        w = torch.tensor([weights[j] for j in index], dtype=base.dtype, device=base.device)
-        return torch.add(base.reshape(-1), torch.mv(_stacked(ks, index), w), alpha=h).view_as(base)
+        terms = [(j, w) for j, w in enumerate(weights) if w != 0]
+        return torch.add(base, combine(None, ks, terms, h)) if terms else base
     acc = None
     for k, w in zip(ks, weights):
         term = k * (w.to(k.dtype) if isinstance(w, torch.Tensor) else w)
