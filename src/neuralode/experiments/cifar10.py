@@ -107,4 +107,4 @@ def run(config: Config, run: Run) -> dict[str, Any]:
 
 register("cifar10", config=Config, run=run,
          description="ODE-Net vs ResNet on CIFAR-10 (or its JPEG copy): accuracy, per-class P/R/F1, loss curves",
-         quick_time="~5 min (CPU)")
+         quick_time="~5 min (CPU)", in_demo=False)

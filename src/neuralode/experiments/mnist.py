@@ -94,4 +94,4 @@ def run(config: Config, run: Run) -> dict[str, Any]:
 
 register("mnist", config=Config, run=run,
          description="Chen et al. Table 1 on MNIST: ODE-Net vs ResNet vs RK-Net (error, params, memory, time, NFE)",
-         quick_time="~10-20 min (CPU)")
+         quick_time="~10-20 min (CPU)", in_demo=False)

@@ -538,4 +538,5 @@ register(
     description="PhysioNet 2012 ICU data: ODE-RNN and Latent ODEs vs GRU-Δt / GRU-D on interpolation, "
     "extrapolation and mortality AUC (Rubanova et al. 2019)",
     quick_time="~2 min",
+    in_demo=False,  # needs the PhysioNet files (NEURALODE_DATA), not embedded data
 )

@@ -295,4 +295,4 @@ def run(config: Config, run: Run) -> dict[str, Any]:
 register("solver-study", config=Config, run=run,
          description="ODE-Net on MNIST/CIFAR-10: NFE, time, memory per solver (dopri5 1e-3/1e-1, rk4, midpoint, euler) "
                      "x adjoint/direct; memory vs horizon",
-         quick_time="~5-10 min (CPU)")
+         quick_time="~5-10 min (CPU)", in_demo=False)

@@ -224,4 +224,4 @@ def run(config: Config, run: Run) -> dict[str, Any]:
 register("trajectory-pca", config=Config, run=run,
          description="PCA of MNIST ODE-Net hidden-state trajectories z(t) (time-independent and per-time), "
                      "class probabilities along t",
-         quick_time="~3-5 min (CPU)")
+         quick_time="~3-5 min (CPU)", in_demo=False)
