@@ -78,6 +78,45 @@ def _finish(problem: Problem, outputs: List[torch.Tensor], n_out: int, stats: So
                     t_reached=problem.to_user_time(t_reached))
 
 
+class _Outputs:
+    """The states at the requested times, written as the accepted steps pass them.
+
+    An output on a step's end is that end; one inside a step comes from the method's dense
+    output (with ``f(t1, y1)`` evaluated once when the interpolant needs it and the method does
+    not provide it). When gradients must reach ``t``, an output that is not the graph-connected
+    end time is interpolated even on a step's end, so its time stays in the graph.
+    """
+
+    def __init__(self, y0: torch.Tensor, ts: List[float], ts_graph, rows, needs_f1: bool, evaluate, stats: SolveStats):
+        self.states = [y0]
+        self.ts, self.ts_graph, self.rows = ts, ts_graph, rows
+        self.needs_f1, self.evaluate, self.stats = needs_f1, evaluate, stats
+        self.count = len(ts)
+        self.next = 1
+
+    @property
+    def done(self) -> bool:
+        return self.next >= self.count
+
+    def write(self, t1: float, y0: torch.Tensor, y1: torch.Tensor, ks: List[torch.Tensor], f1,
+              t0g: Scalar, t1g: Scalar, hg: Scalar, end_is_node: bool):
+        """Write every output in ``(t0, t1]``; returns ``f(t1, y1)`` if it was evaluated (else ``f1``)."""
+        ts, ts_graph = self.ts, self.ts_graph
+        while self.next < self.count and ts[self.next] <= t1:
+            i = self.next
+            if ts[i] == t1 and (ts_graph is None or end_is_node or i == self.count - 1):
+                self.states.append(y1)
+            else:
+                if self.needs_f1 and f1 is None:
+                    f1 = self.evaluate(t1g, y1, 0)
+                    self.stats.nfe += 1
+                ks_ext = ks + [f1] if self.needs_f1 else ks
+                tout = ts[i] if ts_graph is None else ts_graph[i]
+                self.states.append(evaluate_dense(self.rows, y0, ks_ext, hg, (tout - t0g) / hg))
+            self.next += 1
+        return f1
+
+
 def integrate(problem: Problem, on_accept: Optional[OnAccept] = None) -> Solution:
     """Solve ``problem``; returns a :class:`Solution` in internal form (flat state, internal time).
 
@@ -106,14 +145,14 @@ def _integrate_adaptive(problem: Problem, on_accept: Optional[OnAccept]) -> Solu
     f0: Optional[torch.Tensor] = evaluate(tg, y, 0)
     stats.nfe = 1
     _check_field_output(f0, y, problem)
-    outputs = [y]
     if n_out == 1:
-        return _finish(problem, outputs, n_out, stats, Status.SUCCESS, t)
+        return _finish(problem, [y], n_out, stats, Status.SUCCESS, t)
 
     rtol, atol, norm = problem.rtol, problem.atol, problem.norm
     rows = dense_rows(tab)
     needs_f1 = needs_end_derivative(rows, tab)
     plan = plan_for(tab, y.dtype, y.device)
+    outputs = _Outputs(y, ts, ts_graph, rows, needs_f1, evaluate, stats)
     cb = problem.callbacks
     t_end = ts[-1]
     jumps = set(opts.jump_t)
@@ -128,7 +167,6 @@ def _integrate_adaptive(problem: Problem, on_accept: Optional[OnAccept]) -> Solu
         stats.nfe += 1
     controller = PIController(tab.controller_order, opts.safety, opts.ifactor, opts.dfactor)
     span = abs(t_end - t)
-    next_out = 1
     attempts = 0
     last_nonfinite = False
     status = Status.SUCCESS
@@ -179,20 +217,7 @@ def _integrate_adaptive(problem: Problem, on_accept: Optional[OnAccept]) -> Solu
                 cb.accept(torch.tensor(t, dtype=time_dtype), y, torch.tensor(h_step, dtype=time_dtype))
             if on_accept is not None:
                 on_accept(t, h_step, y)
-            f1 = ks[-1] if tab.fsal else None
-            while next_out < n_out and ts[next_out] <= t1:
-                # An output on the step's end is the step's end, unless gradients must reach an
-                # output time that is not the (graph-connected) end time itself.
-                if ts[next_out] == t1 and (ts_graph is None or next_out == n_out - 1):
-                    outputs.append(y1)
-                else:
-                    if needs_f1 and f1 is None:
-                        f1 = evaluate(t1g, y1, 0)
-                        stats.nfe += 1
-                    ks_ext = ks if not needs_f1 else ks + [f1]
-                    tout = ts[next_out] if ts_graph is None else ts_graph[next_out]
-                    outputs.append(evaluate_dense(rows, y, ks_ext, hg, (tout - tg) / hg))
-                next_out += 1
+            f1 = outputs.write(t1, y, y1, ks, ks[-1] if tab.fsal else None, tg, t1g, hg, end_is_node=False)
             if at_jump:
                 f1 = evaluate(t1g, y1, +1)
                 stats.nfe += 1
@@ -200,7 +225,7 @@ def _integrate_adaptive(problem: Problem, on_accept: Optional[OnAccept]) -> Solu
             t, tg, y = t1, t1g, y1
             if lands:
                 b_index += 1
-            if next_out >= n_out:
+            if outputs.done:
                 break
         else:
             stats.n_rejected += 1
@@ -209,7 +234,7 @@ def _integrate_adaptive(problem: Problem, on_accept: Optional[OnAccept]) -> Solu
         h = controller.propose(h_step, ratio, accept)
 
     stats.final_step = h_step
-    return _finish(problem, outputs, n_out, stats, status, t)
+    return _finish(problem, outputs.states, n_out, stats, status, t)
 
 
 # --------------------------------------------------------------------------- fixed grid
@@ -225,9 +250,8 @@ def _integrate_fixed(problem: Problem, on_accept: Optional[OnAccept], locate_non
     ts, ts_graph = _time_tensors(problem, problem.t.dtype)
     stats = SolveStats()
     n_out = len(ts)
-    outputs = [y]
     if n_out == 1:
-        return _finish(problem, outputs, n_out, stats, Status.SUCCESS, ts[0])
+        return _finish(problem, [y], n_out, stats, Status.SUCCESS, ts[0])
 
     if opts.grid_constructor is not None:
         grid = opts.grid_constructor(problem.func, y, problem.t)
@@ -245,11 +269,11 @@ def _integrate_fixed(problem: Problem, on_accept: Optional[OnAccept], locate_non
     rows = dense_rows(tab, opts.interp)
     needs_f1 = needs_end_derivative(rows, tab)
     plan = plan_for(tab, y.dtype, y.device)
+    outputs = _Outputs(y, ts, ts_graph, rows, needs_f1, evaluate, stats)
     perturb = opts.perturb
     first_perturb = 1 if perturb else 0
     end_perturb = -1 if perturb else 0
     cb_step = problem.callbacks.step
-    next_out = 1
     f0: Optional[torch.Tensor] = None
     t0 = grid_f[0]
     for n in range(len(grid_f) - 1):
@@ -274,26 +298,15 @@ def _integrate_fixed(problem: Problem, on_accept: Optional[OnAccept], locate_non
         stats.n_accepted += 1
         if on_accept is not None:
             on_accept(t0, h, y)
-        f1 = None
-        while next_out < n_out and ts[next_out] <= t1:
-            if ts[next_out] == t1 and (ts_graph is None or grid_is_t or next_out == n_out - 1):
-                outputs.append(y1)
-            else:
-                if needs_f1 and f1 is None:
-                    f1 = evaluate(t1g, y1, 0)
-                    stats.nfe += 1
-                ks_ext = ks if not needs_f1 else ks + [f1]
-                tout = ts[next_out] if ts_graph is None else ts_graph[next_out]
-                outputs.append(evaluate_dense(rows, y, ks_ext, hg, (tout - t0g) / hg))
-            next_out += 1
+        f1 = outputs.write(t1, y, y1, ks, None, t0g, t1g, hg, end_is_node=grid_is_t)
         f0 = ks[-1] if tab.fsal else (None if perturb else f1)
         y, t0 = y1, t1
         if locate_nonfinite and not bool(torch.isfinite(y1).all()):
-            return _finish(problem, outputs, n_out, stats, Status.NONFINITE, t1)
+            return _finish(problem, outputs.states, n_out, stats, Status.NONFINITE, t1)
     stats.final_step = grid_f[-1] - grid_f[-2]
 
     # Fixed steps have no error estimate to notice a blow-up; check the outputs once at the end.
-    stacked = torch.stack(outputs)
+    stacked = torch.stack(outputs.states)
     finite = torch.isfinite(stacked.detach().reshape(n_out, -1)).all(dim=1)
     if bool(finite.all()):
         return Solution(ys=stacked, ts=problem.t, stats=stats, status=Status.SUCCESS,
@@ -302,4 +315,4 @@ def _integrate_fixed(problem: Problem, on_accept: Optional[OnAccept], locate_non
     with torch.no_grad():
         located = _integrate_fixed(problem, None, locate_nonfinite=True).t_reached
     t_bad = ts[first_bad] if located is None else problem.to_user_time(located)  # back to internal time
-    return _finish(problem, outputs[:first_bad], n_out, stats, Status.NONFINITE, t_bad)
+    return _finish(problem, outputs.states[:first_bad], n_out, stats, Status.NONFINITE, t_bad)
