@@ -24,7 +24,21 @@ _EXPORTS: dict[str, str] = {
     "load_mnist": "mnist",
     "load_cifar10": "cifar10",
     "load_digits": "digits",
+    # generated data
+    "load_toy2d": "toy2d",
+    "make_toy2d": "toy2d",
+    "cubic_spiral": "trajectories",
+    "linear_system": "trajectories",
+    "snippet_batch": "trajectories",
+    "generate_spirals": "spirals",
+    "Spirals": "spirals",
+    "sample_density": "densities",
+    # real irregular time series
+    "load_physionet": "physionet",
 }
+
+# names that differ from the module's own
+_ALIASES: dict[str, str] = {"sample_density": "sample", "load_physionet": "load_set"}
 
 __all__ = sorted(_EXPORTS)
 
@@ -33,7 +47,7 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'neuralode.data' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    return getattr(importlib.import_module(f"{__name__}.{module}"), _ALIASES.get(name, name))
 
 
 def __dir__() -> list[str]:
