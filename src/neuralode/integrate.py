@@ -93,6 +93,7 @@ class _Outputs:
         self.needs_f1, self.evaluate, self.stats = needs_f1, evaluate, stats
         self.count = len(ts)
         self.next = 1
+        self.next_time = ts[1] if self.count > 1 else math.inf  # lets the loops skip steps with no output
 
     @property
     def done(self) -> bool:
@@ -114,6 +115,7 @@ class _Outputs:
                 tout = ts[i] if ts_graph is None else ts_graph[i]
                 self.states.append(evaluate_dense(self.rows, y0, ks_ext, hg, (tout - t0g) / hg))
             self.next += 1
+        self.next_time = ts[self.next] if self.next < self.count else math.inf
         return f1
 
 
@@ -294,15 +296,18 @@ def _integrate_fixed(problem: Problem, on_accept: Optional[OnAccept], locate_non
         if cb_step is not None:
             cb_step(torch.tensor(t0, dtype=problem.t.dtype), y, torch.tensor(h, dtype=problem.t.dtype))
         y1, ks = rk_step(evaluate, tab, t0g, hg, t1g, y, f0, end_perturb, plan)
-        stats.nfe += tab.n_stages - 1
-        stats.n_accepted += 1
         if on_accept is not None:
             on_accept(t0, h, y)
-        f1 = outputs.write(t1, y, y1, ks, None, t0g, t1g, hg, end_is_node=grid_is_t)
+        f1 = None
+        if t1 >= outputs.next_time:
+            f1 = outputs.write(t1, y, y1, ks, None, t0g, t1g, hg, end_is_node=grid_is_t)
         f0 = ks[-1] if tab.fsal else (None if perturb else f1)
         y, t0 = y1, t1
         if locate_nonfinite and not bool(torch.isfinite(y1).all()):
             return _finish(problem, outputs.states, n_out, stats, Status.NONFINITE, t1)
+    n_steps = len(grid_f) - 1
+    stats.nfe += n_steps * (tab.n_stages - 1)  # the stages after the first; first stages are counted as taken
+    stats.n_accepted = n_steps
     stats.final_step = grid_f[-1] - grid_f[-2]
 
     # Fixed steps have no error estimate to notice a blow-up; check the outputs once at the end.

@@ -33,6 +33,14 @@ class Row:
     terms: Tuple[Tuple[int, float], ...]
     increment_first: bool = False  # a new solution: form h·Σ w_j k_j, then add it to y once
 
+    @property
+    def first(self) -> Optional[Tuple[int, float]]:
+        return self.terms[0] if self.terms else None
+
+    @property
+    def rest(self) -> Tuple[Tuple[int, float], ...]:
+        return self.terms[1:]
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -41,6 +49,8 @@ class Plan:
     stages: Tuple[Row, ...]
     solution: Row
     error: Row
+    # (row, c_i, at_end) for the stages after the first, unpacked once for the per-step loop
+    stage_list: Tuple[Tuple[Row, float, bool], ...] = ()
 
 
 _PLANS: Dict[str, Plan] = {}
@@ -55,35 +65,45 @@ def plan_for(tableau: ButcherTableau, dtype: Optional[torch.dtype] = None, devic
         stages = tuple(Row(tuple(terms), increment_first=tableau.fsal and i == last and len(terms) >= 2)
                        for i, terms in enumerate(tableau.a_terms))
         solution = stages[last] if tableau.fsal else Row(tuple(tableau.b_terms), len(tableau.b_terms) >= 2)
-        plan = Plan(stages=stages, solution=solution, error=Row(tuple(tableau.err_terms)))
+        stage_list = tuple((stages[i], tableau.c[i], tableau.c[i] == 1.0) for i in range(1, len(tableau.c)))
+        plan = Plan(stages=stages, solution=solution, error=Row(tuple(tableau.err_terms)), stage_list=stage_list)
         _PLANS[tableau.name] = plan
     return plan
 
 
+def _accumulate(base: Optional[torch.Tensor], ks: Sequence[torch.Tensor], terms: Terms, h: float) -> torch.Tensor:
+    """The float-step fast path of :func:`combine` for a non-empty ``terms``.
+
+    In-place accumulation is cheaper without autograd; with it, out-of-place adds are (in-place
+    ops on recorded tensors pay for rewriting their history).
+    """
+    j, w = terms[0]
+    out = ks[j] * (w * h) if base is None else torch.add(base, ks[j], alpha=w * h)
+    if len(terms) > 1:
+        if torch.is_grad_enabled():
+            for j, w in terms[1:]:
+                out = torch.add(out, ks[j], alpha=w * h)
+        else:
+            for j, w in terms[1:]:
+                out.add_(ks[j], alpha=w * h)
+    return out
+
+
 def combine_row(base: Optional[torch.Tensor], ks: Sequence[torch.Tensor], row: Row, h: Scalar) -> torch.Tensor:
     """``base + h Σ w_j ks[j]`` over the row's terms (``base=None`` means zero)."""
-    if row.increment_first and base is not None and type(h) is float:
-        return torch.add(base, combine(None, ks, row.terms, h))
+    if type(h) is float and row.terms:
+        if row.increment_first and base is not None:
+            return torch.add(base, _accumulate(None, ks, row.terms, h))
+        return _accumulate(base, ks, row.terms, h)
     return combine(base, ks, row.terms, h)
 
 
 def combine(base: Optional[torch.Tensor], ks: Sequence[torch.Tensor], terms: Terms, h: Scalar) -> torch.Tensor:
     """``base + h Σ w_j ks[j]`` for ``(j, w)`` in ``terms``, term by term (``base=None`` means zero)."""
     if type(h) is float:
-        # In-place accumulation is cheaper without autograd; with it, out-of-place adds are
-        # (in-place ops on recorded tensors pay for history rewriting).
-        inplace = not torch.is_grad_enabled()
-        out = None
-        for j, w in terms:
-            if out is None:
-                out = ks[j] * (w * h) if base is None else torch.add(base, ks[j], alpha=w * h)
-            elif inplace:
-                out.add_(ks[j], alpha=w * h)
-            else:
-                out = torch.add(out, ks[j], alpha=w * h)
-        if out is None:
+        if not terms:
             return torch.zeros_like(ks[0]) if base is None else base
-        return out
+        return _accumulate(base, ks, tuple(terms), h)
     acc = None
     for j, w in terms:
         term = ks[j] * w
@@ -131,14 +151,9 @@ def rk_step(
     if plan is None:
         plan = plan_for(tableau, y0.dtype, y0.device)
     ks = [f0]
-    c = tableau.c
     yi = y0
-    stages = plan.stages
-    for i in range(1, len(c)):
-        yi = combine_row(y0, ks, stages[i], h)
-        if c[i] == 1.0:
-            ks.append(evaluate(t1, yi, perturb_end))
-        else:
-            ks.append(evaluate(t0 + c[i] * h, yi, 0))
+    for row, c_i, at_end in plan.stage_list:
+        yi = combine_row(y0, ks, row, h)
+        ks.append(evaluate(t1, yi, perturb_end) if at_end else evaluate(t0 + c_i * h, yi, 0))
     y1 = yi if tableau.fsal else combine_row(y0, ks, plan.solution, h)
     return y1, ks
