@@ -46,6 +46,7 @@ from torch import nn
 from ..solution import SolveStats
 from ..solve import solve
 from .layers import ConcatLinear, ConcatSquashLinear
+from .odeblock import SolveStatsMixin
 
 __all__ = ["CNF", "CNFField", "divergence_exact", "divergence_hutchinson", "standard_normal_logprob"]
 
@@ -160,7 +161,7 @@ class _StateOnly(nn.Module):
         return self.net(t, z)
 
 
-class CNF(nn.Module):
+class CNF(SolveStatsMixin, nn.Module):
     """A continuous normalizing flow on ``R^d`` with a standard normal base distribution.
 
     Args:
@@ -256,16 +257,6 @@ class CNF(nn.Module):
     def net(self) -> nn.Module:
         """The field ``f(t, z)``."""
         return self.field.net
-
-    @property
-    def nfe(self) -> int:
-        """Forward function evaluations of the last solve (0 before any)."""
-        return self.stats.nfe if self.stats is not None else 0
-
-    @property
-    def nfe_backward(self) -> int:
-        """Function evaluations of the last solve's backward pass (adjoint strategies; else 0)."""
-        return self.stats.nfe_backward if self.stats is not None else 0
 
     @property
     def regularization_loss(self) -> torch.Tensor:

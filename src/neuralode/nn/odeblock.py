@@ -10,7 +10,23 @@ from ..solution import SolveStats
 from ..solve import solve
 
 
-class ODEBlock(nn.Module):
+class SolveStatsMixin:
+    """``nfe``/``nfe_backward`` of the last solve, for modules that keep it in ``self.stats``."""
+
+    stats: Optional[SolveStats]
+
+    @property
+    def nfe(self) -> int:
+        """Forward function evaluations of the last call (0 before any call)."""
+        return self.stats.nfe if self.stats is not None else 0
+
+    @property
+    def nfe_backward(self) -> int:
+        """Backward function evaluations of the last call's backward pass (0 if none ran)."""
+        return self.stats.nfe_backward if self.stats is not None else 0
+
+
+class ODEBlock(SolveStatsMixin, nn.Module):
     """``z(t0) -> z(t1)`` (or the trajectory at given times) for the field ``func(t, z)``.
 
     Args:
@@ -57,16 +73,6 @@ class ODEBlock(nn.Module):
                          options=self.options, gradient=self.gradient)
         self.stats = solution.stats
         return solution.ys if t is not None else solution.ys[-1]
-
-    @property
-    def nfe(self) -> int:
-        """Forward function evaluations of the last call (0 before any call)."""
-        return self.stats.nfe if self.stats is not None else 0
-
-    @property
-    def nfe_backward(self) -> int:
-        """Backward function evaluations of the last call's backward pass (0 if none ran)."""
-        return self.stats.nfe_backward if self.stats is not None else 0
 
     def extra_repr(self) -> str:
         return (f"t={self.t.tolist()}, method={self.method!r}, rtol={self.rtol}, atol={self.atol}, "
