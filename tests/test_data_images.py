@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import torch
 
-from neuralode.data import cache as cache_mod
 from neuralode.data import cifar10 as cifar_mod
 from neuralode.data import mnist as mnist_mod
 from neuralode.data.cache import ChecksumError, DataUnavailableError, Resource, fetch, fetch_all

@@ -50,7 +50,6 @@ RMSE/MSE average over points and both coordinates.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 from typing import Any

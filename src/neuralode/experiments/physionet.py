@@ -27,7 +27,6 @@ Evaluation on the held-out test patients (never seen in training or normalisatio
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from dataclasses import dataclass
