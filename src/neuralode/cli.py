@@ -323,7 +323,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as e:
         _err(str(e))
         return EXIT_USAGE
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    finally:
+        # Under torchrun, leave the process group before the interpreter exits: a live gloo
+        # group at exit can abort the process ("terminate called without an active exception").
+        from neuralode.experiments.base import cleanup_distributed
+
+        cleanup_distributed()
 
 
 if __name__ == "__main__":  # pragma: no cover
