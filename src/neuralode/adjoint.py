@@ -553,26 +553,9 @@ class _Replay:
                     tg, t1g, hg = t, t1, h
                 f0 = evaluate(tg, y_leaf, 1 if after_jump else 0)
                 y1, ks = rk_step(evaluate, tab, tg, hg, t1g, y_leaf, f0, -1 if at_jump else 0)
-                outputs, grads_out = [], []
-                if g_next is not None:
-                    outputs.append(y1)
-                    grads_out.append(g_next)
-                f1 = None
-                out_leaves = []
-                for i, is_end in outs:
-                    if is_end:
-                        outputs.append(y1)
-                    else:
-                        if needs_f1 and f1 is None:
-                            f1 = evaluate(t1g, y1, 0)
-                        ks_ext = ks if not needs_f1 else ks + [f1]
-                        if need_t:
-                            tout = t_values[i].detach().requires_grad_(True)
-                            out_leaves.append((i, tout))
-                        else:
-                            tout = ts[i]
-                        outputs.append(evaluate_dense(rows, y_leaf, ks_ext, hg, (tout - tg) / hg))
-                    grads_out.append(grad_ys[i])
+                outputs, grads_out, out_leaves = _step_outputs(
+                    outs, y_leaf, y1, ks, g_next, grad_ys, rows=rows, needs_f1=needs_f1, evaluate=evaluate,
+                    t0g=tg, t1g=t1g, hg=hg, ts=ts, t_tensors=t_values if need_t else None)
             if not outputs:
                 g_next = torch.zeros_like(y_leaf)
                 continue
@@ -647,26 +630,9 @@ class _Replay:
                     perturb0 = end_perturb if tab.fsal else first_perturb
                 f0 = evaluate(t0g, y_leaf, perturb0)
                 y1, ks = rk_step(evaluate, tab, t0g, hg, t1g, y_leaf, f0, end_perturb)
-                outputs, grads_out = [], []
-                if g_next is not None:
-                    outputs.append(y1)
-                    grads_out.append(g_next)
-                f1 = None
-                out_leaves = []
-                for i, is_end in plan[n]:
-                    if is_end:
-                        outputs.append(y1)
-                    else:
-                        if needs_f1 and f1 is None:
-                            f1 = evaluate(t1g, y1, 0)
-                        ks_ext = ks if not needs_f1 else ks + [f1]
-                        if need_t:
-                            tout = problem.t[i].detach().requires_grad_(True)
-                            out_leaves.append((i, tout))
-                        else:
-                            tout = ts[i]
-                        outputs.append(evaluate_dense(rows, y_leaf, ks_ext, hg, (tout - t0g) / hg))
-                    grads_out.append(grad_ys[i])
+                outputs, grads_out, out_leaves = _step_outputs(
+                    plan[n], y_leaf, y1, ks, g_next, grad_ys, rows=rows, needs_f1=needs_f1, evaluate=evaluate,
+                    t0g=t0g, t1g=t1g, hg=hg, ts=ts, t_tensors=problem.t if need_t else None)
             if not outputs:
                 g_next = torch.zeros_like(y_leaf)
                 continue
@@ -686,6 +652,36 @@ class _Replay:
             t_out = t_grad if through_grid is None else t_grad + through_grid
         y0_grad = grad_ys[0] if g_next is None else g_next + grad_ys[0]
         return y0_grad, t_out, param_acc
+
+
+def _step_outputs(outs, y_leaf, y1, ks, g_next, grad_ys, *, rows, needs_f1, evaluate, t0g, t1g, hg, ts, t_tensors):
+    """What one replayed step contributes to the backward pass: the tensors to differentiate
+    (the step's end carrying the gradient from later steps, then the outputs that fall in the
+    step) with their incoming gradients, and the output-time leaves when ``t`` needs gradients.
+
+    ``outs`` lists ``(output index, is the step's end)``; ``t_tensors`` holds the output times as
+    tensors when their gradients are wanted (else ``None`` and ``ts`` gives floats).
+    """
+    outputs, grads_out, out_leaves = [], [], []
+    if g_next is not None:
+        outputs.append(y1)
+        grads_out.append(g_next)
+    f1 = None
+    for i, is_end in outs:
+        if is_end:
+            outputs.append(y1)
+        else:
+            if needs_f1 and f1 is None:
+                f1 = evaluate(t1g, y1, 0)
+            ks_ext = ks + [f1] if needs_f1 else ks
+            if t_tensors is not None:
+                tout = t_tensors[i].detach().requires_grad_(True)
+                out_leaves.append((i, tout))
+            else:
+                tout = ts[i]
+            outputs.append(evaluate_dense(rows, y_leaf, ks_ext, hg, (tout - t0g) / hg))
+        grads_out.append(grad_ys[i])
+    return outputs, grads_out, out_leaves
 
 
 class _CheckpointFunction(torch.autograd.Function):
