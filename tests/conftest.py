@@ -8,8 +8,15 @@ import mode).
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
+
+# Subprocesses the tests start (CLI, torchrun) import this checkout's sources too.
+_SRC = str(Path(__file__).resolve().parents[1] / "src")
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_SRC, os.environ.get("PYTHONPATH", "")) if p)
 
 # The CI machines and the development machine share few cores between many processes;
 # one intra-op thread keeps the suite fast and its timings stable.

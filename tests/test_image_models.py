@@ -102,7 +102,7 @@ def test_a_few_training_steps_on_a_subset_lower_the_loss(feature):
     model = make_image_classifier(feature, "digits", **kw)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     losses = []
-    for _ in range(20):
+    for _ in range(40):
         loss = F.cross_entropy(model(x), y)
         opt.zero_grad()
         loss.backward()
