@@ -207,24 +207,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from neuralode.report.collect import collect, find_runs, write_summary
+    from neuralode.experiments import registry
+    from neuralode.report.collect import collect, find_runs, run_report, write_summary
 
     root = Path(args.dir)
     if not root.is_dir():
         _err(f"{root} is not a directory")
         return EXIT_USAGE
+    registry.discover()  # experiments declare their headlines when their modules load
     runs = find_runs(root)
     if runs:
         path = write_summary(root, [collect(p) for p in runs])
-        print(f"report: {path} ({len(runs)} runs)")
+        print(f"report: {path} and {path.with_suffix('.html')} ({len(runs)} runs)")
         return 0
     if (root / "config.json").exists():
         info = collect(root)
+        html = run_report(root)
         print(f"{info['name']}: {info['status']}" + (f" ({info['error']})" if info["error"] else ""))
         if info["metrics"]:
             print(_format_metrics(info["metrics"]))
         if info["report"]:
-            print(f"report: {info['report']}")
+            print(f"report: {info['report']}" + (f" and {html}" if html else ""))
         return 0
     _err(f"{root} holds no run folders (folders with config.json)")
     return EXIT_USAGE
@@ -303,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run the experiments that need downloaded data or longer runs (mnist, cifar10, ...)")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("report", help="rebuild the summary report.md from run folders (no retraining)")
+    p = sub.add_parser("report", help="rebuild report.md and report.html from run folders (no retraining)")
     p.add_argument("dir", help="a demo folder (holding run folders) or one run folder")
     p.set_defaults(func=cmd_report)
 

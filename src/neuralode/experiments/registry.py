@@ -222,6 +222,17 @@ def _check_resume_config(run_dir: Path, config_dict: dict[str, Any], seed: int, 
             "(pass the same --quick/--seed/--set as the original run):\n  " + "\n  ".join(diffs))
 
 
+def _write_reports(run: Any) -> None:
+    """Open report.md with the headline table and write report.html; a failure here is only a warning."""
+    from neuralode.report.collect import run_report
+
+    try:
+        run_report(run.dir)
+    except Exception as e:  # noqa: BLE001 - the results are saved; a report bug must not lose the run
+        run.info(f"warning: the headline table / report.html could not be written: {type(e).__name__}: {e} "
+                 f"(rebuild with `neuralode report {run.dir}`)")
+
+
 def run_experiment(
     name: str,
     *,
@@ -266,5 +277,6 @@ def run_experiment(
         metrics = to_jsonable(dict(metrics))
         if run.is_main:
             atomic_write_json(run_dir / "result.json", metrics)
+            _write_reports(run)
         run.write_status("completed")
     return RunOutcome(name=name, dir=run_dir, config=cfg, metrics=metrics, wall_time_s=run.elapsed)

@@ -2,7 +2,9 @@
 
 :func:`collect` gathers what one run folder holds; :func:`summary_report` turns several of
 them into the top-level ``report.md`` that ``neuralode demo`` writes, and
-:func:`write_summary` rebuilds it from disk (``neuralode report DIR``).
+:func:`write_summary` rebuilds it from disk (``neuralode report DIR``). :func:`run_report`
+opens one run's ``report.md`` with its headline table (:mod:`neuralode.report.headlines`) and
+writes the self-contained ``report.html`` beside it (:mod:`neuralode.report.html`).
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from neuralode.io import atomic_write_text, read_jsonl
-from neuralode.report.markdown import format_value, image, link, metrics_table
+from neuralode.report.markdown import image, link, metrics_table
 
-__all__ = ["collect", "find_runs", "read_metrics", "summary_report", "write_summary"]
+__all__ = ["collect", "find_runs", "read_metrics", "run_report", "summary_report", "write_summary"]
 
 
 def _read_json(path: Path) -> Any:
@@ -73,31 +75,81 @@ def find_runs(root: str | os.PathLike[str]) -> list[Path]:
     return sorted(p for p in r.iterdir() if p.is_dir() and ((p / "config.json").exists() or (p / "status.json").exists()))
 
 
-_WIDE = 8  # a run with more headline metrics than this gets a metric | value table
-
-
 def _rel(path: Path, root: Path) -> str:
     return Path(os.path.relpath(path, root)).as_posix()
 
 
+_START, _END = "<!-- headlines:start -->", "<!-- headlines:end -->"
+_MSTART, _MEND = "<!-- metrics:start -->", "<!-- metrics:end -->"
+_QUICK_NOTE = ("Quick configuration (minutes on a CPU): the published values come from full runs, "
+               "so a verdict here says how far the quick run is, not whether the full one reproduces.")
+
+
+def _strip_block(text: str, start: str, end: str) -> str:
+    while start in text and end in text[text.index(start):]:
+        i = text.index(start)
+        j = text.index(end, i) + len(end)
+        text = text[:i].rstrip("\n") + "\n" + text[j:].lstrip("\n")
+    return text
+
+
+def _verdict_counts(name: str, metrics: Any) -> str:
+    from collections import Counter
+
+    from neuralode.report.headlines import evaluate
+
+    counts = Counter(v.status for _, _, v in evaluate(name, metrics if isinstance(metrics, Mapping) else None))
+    order = ["reproduced", "better", "met", "short", "missed", "off", "measured", "missing"]
+    return ", ".join(f"{counts[k]} {k}" for k in order if counts[k])
+
+
+def run_report(run_dir: str | os.PathLike[str]) -> Path | None:
+    """Open the run's ``report.md`` with its headline table, end it with every metric, write ``report.html``.
+
+    The experiment's own markdown stays in between, untouched. The added blocks are marked,
+    so calling this again (``neuralode report DIR``) replaces them rather than stacking copies.
+    A run without ``result.json`` keeps its report as it is (only the HTML twin is written).
+    Returns the HTML path, or None when the run has no report.md and no result.
+    """
+    from neuralode.report.headlines import headline_table
+    from neuralode.report.html import write_html
+
+    info = collect(run_dir)
+    d = Path(info["dir"])
+    md = d / "report.md"
+    metrics = info["metrics"] if isinstance(info["metrics"], Mapping) else None
+    if not md.exists() and metrics is None:
+        return None
+    text = md.read_text(encoding="utf-8") if md.exists() else f"# {info['name']}\n"
+    text = _strip_block(_strip_block(text, _START, _END), _MSTART, _MEND)
+    if metrics is not None:
+        quick = bool((info["config"] or {}).get("quick"))
+        table = headline_table([(info["name"], metrics)], with_experiment=False)
+        if table:
+            block = f"{_START}\n## Headlines\n\n" + (f"*{_QUICK_NOTE}*\n\n" if quick else "") + table + f"{_END}\n"
+            lines = text.split("\n")
+            if lines and lines[0].startswith("# "):
+                text = lines[0] + "\n\n" + block + "\n" + "\n".join(lines[1:]).lstrip("\n")
+            else:
+                text = block + "\n" + text
+        full = metrics_table([{"metric": k, "value": v} for k, v in metrics.items()])
+        text = text.rstrip("\n") + f"\n\n{_MSTART}\n## All metrics (result.json)\n\n{full}{_MEND}\n"
+        atomic_write_text(md, text)
+    return write_html(md)
+
+
 def summary_report(runs: Sequence[Mapping[str, Any]], root: str | os.PathLike[str], *,
                    title: str = "neuralode demo") -> str:
-    """Markdown linking each run's report and figures, with a status/metrics overview.
+    """Markdown opening with every run's headline table, then one section per run.
 
-    ``runs`` are :func:`collect` dicts; a run may also carry ``status="failed"`` and an
-    ``error`` without a folder on disk (an experiment that failed before writing anything).
+    Each section links the run's folder and report, shows its status, all its metrics
+    (one row per metric) and its figures. ``runs`` are :func:`collect` dicts; a run may also
+    carry ``status="failed"`` and an ``error`` without a folder on disk (an experiment that
+    failed before writing anything).
     """
+    from neuralode.report.headlines import headline_table
+
     root = Path(root)
-    overview = []
-    for r in runs:
-        m = r.get("metrics") or {}
-        headline = ", ".join(f"{k}={format_value(v)}" for k, v in m.items()) if isinstance(m, Mapping) else ""
-        overview.append({
-            "experiment": r["name"],
-            "status": r["status"],
-            "time (s)": r.get("wall_time_s"),
-            "headline metrics": headline or (r.get("error") or "")[:200],
-        })
     n_failed = sum(r["status"] != "completed" for r in runs)
     env = next((r["config"] for r in runs if isinstance(r.get("config"), Mapping)), None)
     env_line = ""
@@ -107,8 +159,27 @@ def summary_report(runs: Sequence[Mapping[str, Any]], root: str | os.PathLike[st
                     f"device {env.get('device')} · seed {env.get('seed')} · started {env.get('started_at')}\n")
     parts = [f"# {title}\n",
              f"{len(runs)} experiment(s), {len(runs) - n_failed} completed, {n_failed} not completed.\n",
-             env_line,
-             metrics_table(overview, ["experiment", "status", "time (s)", "headline metrics"])]
+             env_line]
+    headlines = headline_table([(r["name"], r.get("metrics")) for r in runs if r["status"] == "completed"])
+    if headlines:
+        parts.append("## Headlines\n")
+        if any(isinstance(r.get("config"), Mapping) and r["config"].get("quick") for r in runs):
+            parts.append(f"*{_QUICK_NOTE}*\n")
+        parts.append(headlines)
+    overview = []
+    for r in runs:
+        d = r.get("dir")
+        report = _rel(Path(r["report"]), root) if r.get("report") else None
+        overview.append({
+            "experiment": r["name"],
+            "status": r["status"],
+            "time (s)": r.get("wall_time_s"),
+            "verdicts": _verdict_counts(r["name"], r.get("metrics")) if r["status"] == "completed"
+            else (r.get("error") or "")[:200],
+            "report": link(report, "report") if report else (link(_rel(Path(d), root) + "/") if d else ""),
+        })
+    parts.append("## Runs\n")
+    parts.append(metrics_table(overview, ["experiment", "status", "time (s)", "verdicts", "report"]))
     for r in runs:
         parts.append(f"\n## {r['name']}\n")
         d = r.get("dir")
@@ -119,10 +190,7 @@ def summary_report(runs: Sequence[Mapping[str, Any]], root: str | os.PathLike[st
             parts.append(f"**{r['status'].upper()}**" + (f": `{r.get('error')}`" if r.get("error") else "") + "\n")
         m = r.get("metrics")
         if isinstance(m, Mapping) and m:
-            if len(m) > _WIDE:  # one row of many columns is unreadable: one row per metric
-                parts.append(metrics_table([{"metric": k, "value": v} for k, v in m.items()]))
-            else:
-                parts.append(metrics_table([m]))
+            parts.append(metrics_table([{"metric": k, "value": v} for k, v in m.items()]))
         for fig in r.get("figures") or []:
             parts.append(image(_rel(Path(d) / fig, root), Path(fig).stem.replace("_", " ")))
     return "\n".join(parts)
@@ -130,8 +198,20 @@ def summary_report(runs: Sequence[Mapping[str, Any]], root: str | os.PathLike[st
 
 def write_summary(root: str | os.PathLike[str], runs: Sequence[Mapping[str, Any]] | None = None, *,
                   title: str = "neuralode demo") -> Path:
-    """Write ``root/report.md`` from ``runs`` (default: every run folder found under root)."""
+    """Write ``root/report.md`` and its self-contained twin ``root/report.html``.
+
+    ``runs`` default to every run folder found under root. Each run's own report is rebuilt
+    first (:func:`run_report`), so the summary's links reach up-to-date HTML reports.
+    Returns the markdown path.
+    """
+    from neuralode.report.html import write_html
+
     root = Path(root)
     if runs is None:
         runs = [collect(p) for p in find_runs(root)]
-    return atomic_write_text(root / "report.md", summary_report(runs, root, title=title))
+    for r in runs:
+        if r.get("dir") is not None and Path(r["dir"]).is_dir():
+            run_report(r["dir"])
+    path = atomic_write_text(root / "report.md", summary_report(runs, root, title=title))
+    write_html(path)
+    return path
