@@ -1,4 +1,4 @@
-"""Neural ODE layers: ODE blocks, time-conditioned layers, augmentation, CNFs, latent ODEs."""
+"""Neural ODE layers: ODE blocks, time-conditioned layers, augmentation, CNFs, latent ODEs, backbones."""
 from .augment import Augment, DropAugmented, augment, drop_augmented
 from .layers import ConcatConv2d, ConcatLinear, ConcatSquashLinear
 from .odeblock import ODEBlock
@@ -17,7 +17,9 @@ __all__ = [
 
 def __getattr__(name: str):
     # Heavier layers load on first use so that importing neuralode.nn stays cheap.
-    lazy = {"CNF": ".cnf", "LatentODE": ".latent", "RNNBaseline": ".latent"}
+    lazy = {"CNF": ".cnf", "LatentODE": ".latent", "RNNBaseline": ".latent",
+            "Backbone": ".backbones", "make_backbone": ".backbones", "backbone_with_fpn": ".backbones",
+            "make_faster_rcnn": ".detection"}
     if name in lazy:
         import importlib
 
