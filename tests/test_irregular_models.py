@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -90,6 +92,24 @@ def test_fixed_step_solver_takes_ceil_of_gap_over_max_step():
     assert nfe == 3
     _, nfe = I._evolve(func, y0, 0.25, I.SolverConfig("rk4", max_step=0.1))
     assert nfe == 12
+
+
+def test_inline_euler_takes_the_steps_of_a_euler_solve_with_gradients():
+    import neuralode
+
+    torch.manual_seed(0)
+    func = I.ODEFunc(3, 8, small_init=False)
+    y0 = torch.randn(4, 3, requires_grad=True)
+    for dt in (0.01, 0.25, 0.3):  # one step (a gap below max_step), then ceil(dt / max_step) steps
+        got, nfe = I._evolve(func, y0, dt, I.SolverConfig("euler", max_step=0.1))
+        n = max(1, math.ceil(dt / 0.1 - 1e-9))
+        ref = neuralode.solve(func, y0, torch.tensor([0.0, dt]), method="euler", options={"step_size": dt / n},
+                              gradient="direct").ys[-1]
+        assert nfe == n
+        torch.testing.assert_close(got, ref)
+        g_got, = torch.autograd.grad(got.sum(), y0)
+        g_ref, = torch.autograd.grad(ref.sum(), y0)
+        torch.testing.assert_close(g_got, g_ref)
 
 
 def test_latent_ode_samples_in_training_and_uses_the_mean_in_evaluation():

@@ -279,6 +279,27 @@ def test_archimedean_clockwise_family_is_the_mirror_image_of_the_counter_clockwi
         generate_spirals(10, clockwise="hyperbolic")
 
 
+def test_extrapolation_windows_are_of_the_family_the_observation_windows_teach():
+    """Coverage: with the default (Archimedean) families, an oracle that knows each spiral's phase
+    but no radius beyond those its family's observation windows show extrapolates within twice the
+    noise; torchdiffeq's hyperbolic clockwise family leaves most of its extrapolated radii unseen."""
+    from neuralode.data.spirals import capped_radius_oracle_rmse
+
+    data = generate_spirals(1000, seed=0)
+    assert data.meta["clockwise"] == "archimedean"
+    assert capped_radius_oracle_rmse(data) < 0.2
+    hyperbolic = generate_spirals(1000, clockwise="torchdiffeq", seed=0)
+    assert capped_radius_oracle_rmse(hyperbolic) > 0.5
+    # the law is the same at every radius: radius grows by b per radian in both directions
+    for k in range(4):
+        for cw in (True, False):
+            sel = (data.clockwise == cw).nonzero().flatten()[k]
+            centre = torch.tensor([-5.0 if cw else 5.0, 0.0])
+            r = (data.true[sel] - centre).norm(dim=-1)
+            torch.testing.assert_close(r.diff(), torch.full_like(r.diff(), 0.3 * 6 * math.pi / 499), rtol=1e-3,
+                                       atol=1e-5)
+
+
 def test_spiral_generator_rejects_bad_arguments():
     with pytest.raises(ValueError, match="n_total"):
         generate_spirals(10, n_total=200, n_window=100)
@@ -286,3 +307,18 @@ def test_spiral_generator_rejects_bad_arguments():
         generate_spirals(10, obs_counts=(150,))
     with pytest.raises(ValueError, match="n_spirals"):
         generate_spirals(1)
+
+
+def test_papers_rnn_baseline_is_a_tanh_rnn_with_a_linear_head_and_bad_choices_are_named():
+    from neuralode.nn.latent import RNNBaseline
+
+    model = RNNBaseline(2, 25, 0, obs_std=0.1, cell="rnn")
+    assert isinstance(model.cell, torch.nn.RNNCell) and model.cell.nonlinearity == "tanh"
+    assert [type(m) for m in model.head] == [torch.nn.Linear]
+    x, t = torch.randn(3, 7, 2), torch.linspace(0, 1, 7)
+    assert model.predict(x, t, torch.linspace(1, 2, 5)).shape == (3, 5, 2)
+    assert torch.isfinite(model.loss(x, t))
+    with pytest.raises(ValueError, match="cell must be one of"):
+        RNNBaseline(cell="lstm")
+    with pytest.raises(ValueError, match="ode_layers"):
+        LatentODE(ode_layers=1)

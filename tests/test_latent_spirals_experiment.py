@@ -23,8 +23,11 @@ def _tiny() -> E.Config:
 def test_config_defaults_are_the_full_protocol_and_quick_is_shorter():
     full, quick = E.Config(), E.Config.quick()
     assert (full.n_spirals, full.n_window, tuple(full.obs_counts), full.noise_std) == (1000, 100, (30, 50, 100), 0.1)
-    assert (full.latent_dim, full.rec_hidden, full.ode_hidden) == (4, 25, 20)
-    assert set(full.models) == {"latent_ode", "rnn"}
+    assert (full.latent_dim, full.rec_hidden, full.ode_hidden, full.ode_layers, full.dec_hidden) == (4, 25, 20, 2, 20)
+    assert full.obs_std is None and full.clockwise_shape == "archimedean"  # likelihood noise = the data's noise
+    assert set(full.models) == {"latent_ode", "rnn_paper", "rnn"}
+    assert E.PAPER_RMSE == {"latent_ode": {30: 0.1642, 50: 0.1502, 100: 0.1346},
+                            "rnn_paper": {30: 0.3937, 50: 0.3202, 100: 0.1813}}  # Chen et al., Table 2
     assert quick.iters < full.iters and quick.n_spirals == full.n_spirals
 
 

@@ -255,7 +255,10 @@ def test_real_set_a_matches_the_reference_arrays_and_is_cached(tmp_path, monkeyp
 def test_load_set_refuses_a_file_that_fails_verification(tmp_path):
     (tmp_path / "set-a.tar.gz").write_bytes(b"not the archive")
     (tmp_path / "Outcomes-a.txt").write_text("x")
-    with pytest.raises(FileNotFoundError, match="sha256"):
+    with pytest.raises(FileNotFoundError, match=r"set-a\.tar\.gz: unreadable"):
+        P.load_set("a", root=tmp_path, cache_dir=tmp_path / "c")
+    _write_archive(tmp_path, {132539: RECORD})  # a readable archive of other records
+    with pytest.raises(FileNotFoundError, match="sha256 of archive members"):
         P.load_set("a", root=tmp_path, cache_dir=tmp_path / "c")
     with pytest.raises(ValueError, match="which must be"):
         P.load_set("c")
@@ -263,14 +266,74 @@ def test_load_set_refuses_a_file_that_fails_verification(tmp_path):
 
 def test_official_urls_and_checksums_are_pinned():
     for name in ("set-a.tar.gz", "set-b.tar.gz", "Outcomes-a.txt", "Outcomes-b.txt"):
-        url, sha = P.FILES[name]
+        url, sha, of = P.FILES[name]
         assert url == f"https://physionet.org/files/challenge-2012/1.0.0/{name}"
         assert len(sha) == 64
+        assert of == ("tar-members" if name.endswith(".tar.gz") else "file")
     folder = _shared()
-    if folder is not None:  # the checksums are those listed in the data folder's README
+    if folder is not None:  # the pinned digests are those of the files themselves
+        from neuralode.data.cache import checksum
+
         readme = (folder / "README.md").read_text()
-        for name, (_, sha) in P.FILES.items():
-            assert f"| {name} |" in readme and sha in readme
+        for name, (_, sha, of) in P.FILES.items():
+            assert checksum(folder / name, "sha256", of) == sha
+            if of == "file":  # byte digests are also those listed in the data folder's README
+                assert f"| {name} |" in readme and sha in readme
+
+
+def _pack(path: Path, files: dict[str, bytes], *, mode: str, prefix: str, reverse: bool, mtime: int) -> Path:
+    with tarfile.open(path, mode) as tar:
+        if prefix:
+            folder = tarfile.TarInfo(prefix.rstrip("/"))
+            folder.type, folder.mtime = tarfile.DIRTYPE, mtime
+            tar.addfile(folder)
+        for name in sorted(files, reverse=reverse):
+            info = tarfile.TarInfo(prefix + name)
+            info.size, info.mtime = len(files[name]), mtime
+            tar.addfile(info, io.BytesIO(files[name]))
+    return path
+
+
+def test_archive_digest_is_of_the_records_not_of_their_packing(tmp_path):
+    """The official archive and a repacked copy (other order, folder, mtimes, compression) verify
+    against one pinned digest; a changed, missing or renamed record does not."""
+    from neuralode.data.cache import Resource, tar_members_digest, verify
+
+    files = {f"{rid}.txt": RECORD.replace("132539", str(rid)).encode() for rid in (132539, 132540, 132541)}
+    official = _pack(tmp_path / "official.tar.gz", files, mode="w:gz", prefix="set-a/", reverse=False, mtime=1)
+    repacked = _pack(tmp_path / "repacked.tar.bz2", files, mode="w:bz2", prefix="", reverse=True, mtime=999)
+    assert official.read_bytes() != repacked.read_bytes()
+    digest = tar_members_digest(official)
+    resource = Resource("set-a.tar.gz", sha256=digest, checksum_of="tar-members")
+    assert verify(official, resource) is None and verify(repacked, resource) is None
+    changed = dict(files, **{"132540.txt": files["132540.txt"].replace(b"HR,73", b"HR,74")})
+    missing = {k: v for k, v in files.items() if k != "132541.txt"}
+    renamed = {("132542.txt" if k == "132541.txt" else k): v for k, v in files.items()}
+    for i, other in enumerate((changed, missing, renamed)):
+        path = _pack(tmp_path / f"other{i}.tar.gz", other, mode="w:gz", prefix="set-a/", reverse=False, mtime=1)
+        assert "sha256 of archive members" in verify(path, resource)
+    (tmp_path / "junk.tar.gz").write_bytes(b"not an archive")
+    assert verify(tmp_path / "junk.tar.gz", resource).startswith("unreadable")
+
+
+@pytest.mark.slow
+def test_a_differently_packed_real_archive_downloads_verifies_and_parses(tmp_path, monkeypatch):
+    """The download path with the pinned content digest accepts the official records packed another
+    way (here: set a repacked in reverse order, other mtimes, under another folder name)."""
+    folder = _shared()
+    if folder is None:
+        pytest.skip("PhysioNet 2012 files not available (set NEURALODE_DATA)")
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    with tarfile.open(folder / "set-a.tar.gz", "r:gz") as tar:
+        files = {m.name.rsplit("/", 1)[-1]: tar.extractfile(m).read() for m in tar if m.isfile()}
+    _pack(mirror / "set-a.tar.gz", files, mode="w:gz", prefix="physionet-set-a/", reverse=True, mtime=12345)
+    (mirror / "Outcomes-a.txt").write_bytes((folder / "Outcomes-a.txt").read_bytes())
+    monkeypatch.setenv("NEURALODE_DATA", str(tmp_path / "empty"))
+    monkeypatch.setenv("NEURALODE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(P, "FILES", {n: ((mirror / n).as_uri(), sha, of) for n, (_, sha, of) in P.FILES.items()})
+    data = P.load_set("a")
+    assert len(data) == 4000 and int(data.mortality.sum()) == 554
 
 
 @pytest.mark.slow
@@ -281,7 +344,7 @@ def test_download_verify_cache_path_with_a_local_mirror(tmp_path, monkeypatch):
         pytest.skip("PhysioNet 2012 files not available (set NEURALODE_DATA)")
     monkeypatch.setenv("NEURALODE_DATA", str(tmp_path / "empty"))
     monkeypatch.setenv("NEURALODE_CACHE", str(tmp_path / "cache"))
-    mirrored = {name: ((folder / name).as_uri(), sha) for name, (_, sha) in P.FILES.items()}
+    mirrored = {name: ((folder / name).as_uri(), sha, of) for name, (_, sha, of) in P.FILES.items()}
     monkeypatch.setattr(P, "FILES", mirrored)
     data = P.load_set("b")
     assert len(data) == 4000 and int(data.mortality.sum()) == 568

@@ -46,6 +46,7 @@ import gzip
 import hashlib
 import os
 import shutil
+import tarfile
 import tempfile
 import urllib.error
 import urllib.request
@@ -64,6 +65,7 @@ __all__ = [
     "data_root",
     "fetch",
     "fetch_all",
+    "tar_members_digest",
     "verify",
 ]
 
@@ -88,22 +90,25 @@ class Resource:
         md5 / sha256: expected hex digest (give at least one; both are checked if given).
         checksum_of: ``"file"`` — digest of the bytes on disk; ``"gunzipped"`` — digest
             of the gzip-decompressed content (use it when the published checksum is of
-            the uncompressed file, so that a re-compressed copy still verifies).
+            the uncompressed file, so that a re-compressed copy still verifies);
+            ``"tar-members"`` — digest of a tar archive's regular files by content
+            (:func:`tar_members_digest`), so that the official archive and a repacked copy
+            of the same files (other order, folders, mtimes, compression) verify alike.
     """
 
     filename: str
     urls: Sequence[str] = ()
     md5: str | None = None
     sha256: str | None = None
-    checksum_of: Literal["file", "gunzipped"] = "file"
+    checksum_of: Literal["file", "gunzipped", "tar-members"] = "file"
 
     def __post_init__(self) -> None:
         if self.md5 is None and self.sha256 is None:
             raise ValueError(f"Resource {self.filename!r}: give md5= or sha256= (got neither)")
-        if self.checksum_of not in ("file", "gunzipped"):
+        if self.checksum_of not in ("file", "gunzipped", "tar-members"):
             raise ValueError(
                 f"Resource {self.filename!r}: checksum_of={self.checksum_of!r}; "
-                "expected 'file' or 'gunzipped'"
+                "expected 'file', 'gunzipped' or 'tar-members'"
             )
 
 
@@ -129,8 +134,38 @@ def _open(path: Path, checksum_of: str):
     return gzip.open(path, "rb") if checksum_of == "gunzipped" else open(path, "rb")
 
 
+def tar_members_digest(path: str | Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a tar archive's content: its regular files sorted by base name, each fed as
+    ``name, NUL, size, NUL, bytes``. Folders, member order, metadata and compression (any that
+    :mod:`tarfile` reads) do not enter it; two files with one base name are an error (the digest
+    would depend on which one wins). Raises ``tarfile.TarError``/``OSError`` on a bad archive.
+    """
+    h = hashlib.new(algorithm)
+    digests: dict[str, tuple[int, bytes]] = {}
+    with tarfile.open(Path(path), "r:*") as tar:
+        for member in tar:  # archive order: no backward seeks in a compressed stream
+            if not member.isfile():
+                continue
+            name = member.name.rsplit("/", 1)[-1]
+            if name in digests:
+                raise tarfile.TarError(f"two members named {name!r}")
+            fh = tar.extractfile(member)
+            inner = hashlib.new(algorithm)
+            if fh is not None:
+                while chunk := fh.read(_CHUNK):
+                    inner.update(chunk)
+            digests[name] = (member.size, inner.digest())
+    for name in sorted(digests):
+        size, digest = digests[name]
+        h.update(name.encode() + b"\0" + str(size).encode() + b"\0" + digest)
+    return h.hexdigest()
+
+
 def checksum(path: str | Path, algorithm: str = "md5", checksum_of: str = "file") -> str:
-    """Hex digest of a file (or of its gunzipped content). Raises OSError/EOFError on a bad gzip."""
+    """Hex digest of a file (or of its gunzipped content, or of a tar archive's members: see
+    :class:`Resource`). Raises OSError/EOFError on a bad gzip, ``tarfile.TarError`` on a bad tar."""
+    if checksum_of == "tar-members":
+        return tar_members_digest(path, algorithm)
     h = hashlib.new(algorithm)
     with _open(Path(path), checksum_of) as f:
         while chunk := f.read(_CHUNK):
@@ -149,10 +184,11 @@ def verify(path: str | Path, resource: Resource) -> str | None:
             continue
         try:
             got = checksum(path, algo, resource.checksum_of)
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:  # truncated / not gzip
+        except (OSError, EOFError, gzip.BadGzipFile, tarfile.TarError) as exc:  # truncated / not gzip or tar
             return f"unreadable ({type(exc).__name__}: {exc})"
         if got != expected.lower():
-            what = "gunzipped content" if resource.checksum_of == "gunzipped" else "file"
+            what = {"gunzipped": "gunzipped content", "tar-members": "archive members"}.get(
+                resource.checksum_of, "file")
             return f"{algo} of {what} is {got}, expected {expected}"
     return None
 

@@ -8,7 +8,8 @@ descriptors, and outcomes (in-hospital death among them; 554 / 4,000 deaths in s
 Pipeline (each step is a plain function, so tests can drive any of them on their own data):
 
 1. :func:`load_set` fetches ``set-?.tar.gz`` and ``Outcomes-?.txt`` through
-   :mod:`neuralode.data.cache` (download -> SHA-256 verify -> cache; offline, the verified copies
+   :mod:`neuralode.data.cache` (download -> SHA-256 verify -> cache, the archives by content so
+   that the official packing and a repacked copy both verify; offline, the verified copies
    under ``$NEURALODE_DATA/physionet2012``), parses the 4,000 text records once
    (:func:`parse_record`, :func:`parse_archive`, :func:`parse_outcomes`) and caches the parsed
    ragged arrays as ``.npz`` in the writable per-user cache, keyed by the sources' SHA-256.
@@ -87,23 +88,31 @@ _STATIC_INDEX = {name: i for i, name in enumerate(STATIC_NAMES)}
 _MAX_MINUTES = 48 * 60
 _BASE_URL = "https://physionet.org/files/challenge-2012/1.0.0/"
 
-#: Official files: name -> (URL, SHA-256 of the verified copies in ``$NEURALODE_DATA/physionet2012``).
-FILES: dict[str, tuple[str, str]] = {
+#: Official files: name -> (URL, SHA-256, what the digest is of). The archives are pinned by
+#: content (``"tar-members"``: :func:`neuralode.data.cache.tar_members_digest`, a digest over the
+#: sorted per-record files), not by their bytes: the copies in ``$NEURALODE_DATA/physionet2012``
+#: are repacked (sorted names, fixed mtimes) with the official records unchanged, so a byte digest
+#: of either packing would refuse the other. The outcome files are plain text, pinned by bytes.
+FILES: dict[str, tuple[str, str, str]] = {
     "set-a.tar.gz": (
         _BASE_URL + "set-a.tar.gz",
-        "abcd119bae0f9f98d5e63b7bce5b2d37c64328e7c1acacab3836d17787d841df",
+        "6565136eee900c2ac6b4a43af48c9b52800ff9fc4fe84ac1ebb3007c206bb113",
+        "tar-members",
     ),
     "set-b.tar.gz": (
         _BASE_URL + "set-b.tar.gz",
-        "668734f4ddf290edde891057c29349a04af51090b308fd5f352d0eabeb89a975",
+        "14cb4a1b9bbba0c24215ae54287a376e1ff0ed8ccc1ea166f90c1eee5cfade1b",
+        "tar-members",
     ),
     "Outcomes-a.txt": (
         _BASE_URL + "Outcomes-a.txt",
         "2613ea60ccda29f87571a7d6b09ad130858a8ccd66325bd073365925026883c2",
+        "file",
     ),
     "Outcomes-b.txt": (
         _BASE_URL + "Outcomes-b.txt",
         "1305f29734da374a809483229a99f33a9230aa8d4fa74b1a2d6ad788136423d5",
+        "file",
     ),
 }
 _SUBDIR = "physionet2012"
@@ -350,8 +359,8 @@ class PhysioNetSet:
 def _resource(name: str):
     from neuralode.data.cache import Resource
 
-    url, sha256 = FILES[name]
-    return Resource(name, urls=(url,), sha256=sha256)
+    url, sha256, checksum_of = FILES[name]
+    return Resource(name, urls=(url,), sha256=sha256, checksum_of=checksum_of)
 
 
 def _fetch_files(which: str, root: str | os.PathLike | None) -> tuple[Path, Path]:
@@ -383,7 +392,7 @@ def load_set(
 
     Args:
         which: ``"a"`` or ``"b"``.
-        root: a folder that holds ``set-?.tar.gz`` and ``Outcomes-?.txt`` (verified by SHA-256,
+        root: a folder that holds ``set-?.tar.gz`` and ``Outcomes-?.txt`` (verified as :data:`FILES` says,
             never downloaded); default: :func:`neuralode.data.cache.fetch_all`
             (``$NEURALODE_DATA/physionet2012`` when set, then the per-user cache, else a
             download from physionet.org into the cache).

@@ -177,7 +177,9 @@ class LatentODE(nn.Module):
         obs_dim: D, size of an observation (2 for the spirals).
         latent_dim: size of z (Chen et al.: 4).
         rec_hidden: encoder GRU state size (25).
-        ode_hidden: width of the latent field, an MLP ``L -> H -> H -> L`` with tanh (20).
+        ode_hidden: width of the latent field, an MLP with tanh (Chen et al.: 20).
+        ode_layers: linear layers of the field: 2 is ``L -> H -> L`` (Chen et al.'s one hidden
+            layer), 3 is ``L -> H -> H -> L`` (torchdiffeq's example).
         dec_hidden: width of the decoder ``L -> H -> D`` with ReLU (Chen et al.: 20); 0 makes it
             linear (``L -> D``, as Rubanova et al.), which leaves all the curvature of the
             trajectories to the latent dynamics - what extrapolation beyond the window relies on.
@@ -193,14 +195,17 @@ class LatentODE(nn.Module):
     """
 
     def __init__(self, obs_dim: int = 2, latent_dim: int = 4, rec_hidden: int = 25, ode_hidden: int = 20,
-                 dec_hidden: int = 20, *, obs_std: float = 0.3, t0: float = 0.0, method: str = "dopri5",
+                 dec_hidden: int = 20, *, ode_layers: int = 2, obs_std: float = 0.3, t0: float = 0.0,
+                 method: str = "dopri5",
                  rtol: float = 1e-3, atol: float = 1e-4, options: dict | None = None, gradient: Any = "adjoint"):
         super().__init__()
         if not obs_std > 0:
             raise ValueError(f"obs_std must be > 0, got {obs_std}")
+        if not isinstance(ode_layers, int) or ode_layers < 2:
+            raise ValueError(f"ode_layers must be an int >= 2 (one hidden layer or more), got {ode_layers!r}")
         self.obs_dim, self.latent_dim, self.obs_std, self.t0 = obs_dim, latent_dim, float(obs_std), float(t0)
         self.encoder = RecognitionGRU(obs_dim, rec_hidden, latent_dim)
-        self.dynamics = ODEBlock(ODEFunc(latent_dim, ode_hidden, layers=3), t=(t0, t0 + 1.0), method=method,
+        self.dynamics = ODEBlock(ODEFunc(latent_dim, ode_hidden, layers=ode_layers, small_init=False), t=(t0, t0 + 1.0), method=method,
                                  rtol=rtol, atol=atol, options=options, gradient=gradient)
         self.decoder = _mlp([latent_dim, dec_hidden, obs_dim] if dec_hidden > 0 else [latent_dim, obs_dim])
         self.nfe = 0
@@ -292,24 +297,31 @@ class LatentODE(nn.Module):
 
 
 class RNNBaseline(nn.Module):
-    """GRU over ``[x_i, Δt_i]`` forward in time; predicts ``x(t)`` from the state and ``t - t_last``.
+    """RNN over ``[x_i, Δt_i]`` forward in time; predicts ``x(t)`` from the state and ``t - t_last``.
 
     Args:
-        obs_dim: D. hidden: GRU state size. head_hidden: width of the prediction head
-            ``[h, gap] -> H -> D`` (ReLU). obs_std: std of the Gaussian likelihood of :meth:`loss`.
+        obs_dim: D. hidden: state size. head_hidden: width of the prediction head
+            ``[h, gap] -> H -> D`` (ReLU); 0 makes the head linear. obs_std: std of the Gaussian
+            likelihood of :meth:`loss`. cell: ``"gru"`` (ours: a GRU with an MLP head, stronger
+            than Chen et al.'s baseline) or ``"rnn"`` (a tanh RNN: with ``hidden=25`` and
+            ``head_hidden=0`` the baseline of Chen et al.'s Table 2, fed the time gap).
 
     A query at time ``t`` is answered before any observation at the same time is read (so the
     predictions at the observation times are one step ahead). A query after an example's last
     observation is answered autoregressively: its prediction is fed back as the next input.
     """
 
-    def __init__(self, obs_dim: int = 2, hidden: int = 25, head_hidden: int = 20, *, obs_std: float = 0.3):
+    def __init__(self, obs_dim: int = 2, hidden: int = 25, head_hidden: int = 20, *, obs_std: float = 0.3,
+                 cell: str = "gru"):
         super().__init__()
         if not obs_std > 0:
             raise ValueError(f"obs_std must be > 0, got {obs_std}")
+        cells = {"gru": nn.GRUCell, "rnn": nn.RNNCell}
+        if cell not in cells:
+            raise ValueError(f"cell must be one of {sorted(cells)}, got {cell!r}")
         self.obs_dim, self.hidden, self.obs_std = obs_dim, hidden, float(obs_std)
-        self.cell = nn.GRUCell(obs_dim + 1, hidden)
-        self.head = _mlp([hidden + 1, head_hidden, obs_dim])
+        self.cell = cells[cell](obs_dim + 1, hidden)
+        self.head = _mlp([hidden + 1, head_hidden, obs_dim] if head_hidden > 0 else [hidden + 1, obs_dim])
 
     def predict(self, obs: Tensor, obs_times: Any, times: Any, mask: Tensor | None = None) -> Tensor:
         """Predictions at ``times`` (``(T,)`` or ``(B, T)``, any order): ``(B, T, D)``."""
