@@ -98,14 +98,16 @@ def test_y0_that_is_not_floating_point_is_a_type_error(entry, y0):
     info.match(r"(?i)float")
 
 
-def test_y0_and_t_on_different_devices_are_rejected(entry):
-    # The meta device stands in for an accelerator on CPU-only machines: the entry must compare
-    # devices before it looks at any values.
+def test_t_on_another_device_than_y0_is_moved_there_with_a_warning():
+    # torchdiffeq warns and moves t to y0's device. The meta device stands in for an accelerator
+    # on CPU-only machines (t's values are checked on the CPU before the move).
+    from neuralode.problem import make_problem
+
     y0 = torch.ones(2, device="meta")
-    with pytest.raises(ValueError, match=r"\bdevice") as info:
-        entry(decay, y0, T01)
-    info.match(r"\by0\b")
-    info.match(r"\bt\b")
+    with pytest.warns(UserWarning, match=r"\bt is on cpu but y0 is on meta"):
+        problem = make_problem(decay, y0, T01, method=None, rtol=1e-7, atol=1e-9, options=None)
+    assert problem.t.device.type == "meta"
+    assert problem.t.shape == T01.shape
 
 
 @pytest.mark.parametrize("method", ["rk4", "dopri5"])

@@ -147,18 +147,21 @@ def test_safety_ifactor_dfactor_change_the_step_sequence():
     torch.testing.assert_close(cautious.ys, base.ys, rtol=1e-5, atol=1e-5)
 
 
-def test_dtype_option_sets_the_time_dtype_not_the_state_dtype():
+@pytest.mark.parametrize("time_dtype", [torch.float32, torch.float64])
+def test_dtype_option_sets_the_time_dtype_not_the_state_dtype(time_dtype):
+    # torchdiffeq: ``dtype`` is the dtype of the solver's times (promoted with the state's), the
+    # state keeps its own dtype, and func is handed times in the state's dtype. The times the
+    # step callbacks receive are the solver's times, so they show the option's dtype.
     problem = exponential_decay()
+    func = CountingFunc(problem.func)
     seen = []
-
-    def func(t, y):
-        seen.append((t.dtype, y.dtype))
-        return problem.func(t, y)
-
+    inner = func.func
+    func.func = lambda t, y: (seen.append((t.dtype, y.dtype)), inner(t, y))[1]
     ys = neuralode.odeint(func, problem.y0_as(torch.float32), torch.tensor([0.0, 1.0]), rtol=1e-5, atol=1e-6,
-                          options={"dtype": torch.float64})
+                          options={"dtype": time_dtype})
     assert ys.dtype == torch.float32
-    assert {y for _, y in seen} == {torch.float32}
+    assert set(seen) == {(torch.float32, torch.float32)}
+    assert {(t0.dtype, dt.dtype) for _, t0, _, dt in func.callback_args} == {(time_dtype, time_dtype)}
     torch.testing.assert_close(ys[-1], problem.exact(_t(1.0))[0].float(), rtol=1e-5, atol=1e-6)
 
 

@@ -97,9 +97,17 @@ def _peer_units(make_problem, method: str, rtol: float, atol: float) -> float:
     return _peer_errors[key]
 
 
+# fehlberg2 propagates the second-order solution (as torchdiffeq's) but its error estimate is the
+# h²/512 difference to the first-order one, which under-states the local error: scipy has no such
+# pair, so its bound is fixed. Measured at tol=1e-5: 349 (Van der Pol), 369 (Lotka-Volterra) and
+# 1882 (cubic spiral) tolerance units; the same pair propagating its first-order solution reaches
+# 3348 on the spiral and fails this bound.
+FEHLBERG2_UNITS = 2500.0
+
+
 def _allowed_units(make_problem, method: str, rtol: float, atol: float, n_accepted: int) -> float:
     if method == "fehlberg2":
-        return 2 * C * n_accepted
+        return FEHLBERG2_UNITS
     return max(C, PEER_FACTOR * _peer_units(make_problem, method, rtol, atol))
 
 

@@ -49,14 +49,12 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .control import fixed_grid
 from .errors import SolverError
-from .integrate import _make_evaluate, integrate
-from .interpolate import dense_rows, evaluate_dense, needs_end_derivative
-from .problem import AdaptiveOptions, Callbacks, FixedOptions, Problem, _parse_options, _tolerance, unflatten
-from .rk import rk_step
+from .integrate import fixed_step_grid, graph_time_dtype, integrate, make_evaluate, replay_step
+from .methods import DEFAULT_METHOD, get_method
+from .problem import AdaptiveOptions, Callbacks, Problem, _tolerance, parse_options, unflatten
 from .solution import Solution, SolveStats, Status
-from .tableaus import DEFAULT_METHOD, METHODS
+from .stepping import AcceptedStep
 
 __all__ = ["Adjoint", "Checkpoint", "SHORTHANDS", "odeint_adjoint"]
 
@@ -75,8 +73,19 @@ def _find_params(problem: Problem, params: Optional[Tuple[torch.Tensor, ...]], w
                 f"(got {type(func).__name__}); make func an nn.Module, or name the parameters explicitly "
                 f"(e.g. {who.split('(')[0]}(params=[...]) or odeint_adjoint(..., adjoint_params=[...])); "
                 f"use params=() for a field without parameters")
-        params = tuple(func.parameters())
+        params = tuple(_module_parameters(func))
     return tuple(p for p in params if p.requires_grad)
+
+
+def _module_parameters(module: nn.Module) -> List[torch.Tensor]:
+    """The parameters of ``module``, also on an ``nn.DataParallel`` replica, whose parameters are
+    plain tensor attributes (not in ``module.parameters()``), as torchdiffeq finds them."""
+    if getattr(module, "_is_replica", False):
+        def tensor_attributes(m):
+            return [(k, v) for k, v in m.__dict__.items() if torch.is_tensor(v) and v.requires_grad]
+
+        return [p for _, p in module._named_members(get_members_fn=tensor_attributes)]
+    return list(module.parameters())
 
 
 def _needs_graph(problem: Problem, params: Sequence[torch.Tensor]) -> bool:
@@ -151,8 +160,14 @@ class _NonFiniteStart(Exception):
     """The adjoint system's derivative is non-finite at the start of a backward segment."""
 
 
+def _norm_dtype(device: torch.device, real: torch.dtype) -> torch.dtype:
+    """The dtype the backward norms are compared in: float64, or the state's real dtype on
+    devices without float64 (MPS)."""
+    return real if device.type == "mps" else torch.float64
+
+
 def _backward_norm(state_norm: Callable, n: int, shape: torch.Size, param_shapes: List[torch.Size], seminorm: bool,
-                   user_norm: Optional[Callable], tuple_shapes) -> Callable:
+                   user_norm: Optional[Callable], tuple_shapes, like: torch.Tensor) -> Callable:
     """The error norm of the backward solve.
 
     Default (torchdiffeq's): the largest of the forward norm of ``y``, of ``a``, and the RMS of
@@ -172,16 +187,17 @@ def _backward_norm(state_norm: Callable, n: int, shape: torch.Size, param_shapes
             return user_norm((zero, *ys, *aa, *grads))
         return custom
 
+    wide = _norm_dtype(like.device, like.real.dtype if like.is_complex() else like.dtype)
     roots = None
     if sizes and not seminorm:
-        roots = torch.tensor([math.sqrt(max(s, 1)) for s in sizes], dtype=torch.float64)
+        roots = torch.tensor([math.sqrt(max(s, 1)) for s in sizes], dtype=wide, device=like.device)
 
     def norm(x: torch.Tensor):
         parts = [torch.as_tensor(state_norm(x[:n].view(shape))), torch.as_tensor(state_norm(x[n:2 * n].view(shape)))]
-        out = torch.maximum(parts[0].to(x.device, torch.float64), parts[1].to(x.device, torch.float64))
+        out = torch.maximum(parts[0].to(x.device, wide), parts[1].to(x.device, wide))
         if roots is not None:
-            norms = torch.stack(torch._foreach_norm(list(x[2 * n:].split(sizes)))).to(torch.float64)
-            out = torch.maximum(out, (norms / roots.to(x.device)).max())
+            norms = torch.stack(torch._foreach_norm(list(x[2 * n:].split(sizes)))).to(wide)
+            out = torch.maximum(out, (norms / roots).max())
         return out
 
     return norm
@@ -211,11 +227,11 @@ class _BackwardSolver:
         sizes = [p.numel() for p in params]
         self.field = _AugmentedField(problem.func, y0.shape, params)
 
-        tableau = problem.tableau if strategy.method is None else METHODS[strategy.method]
+        method = problem.method if strategy.method is None else get_method(strategy.method)
         user_norm = None
         seminorm = strategy.seminorm
         if strategy.options is None:
-            options = self._forward_options(tableau)
+            options = self._forward_options(method)
         else:
             raw = dict(strategy.options)
             norm_opt = raw.pop("norm", None)
@@ -225,8 +241,8 @@ class _BackwardSolver:
                 if not callable(norm_opt):
                     raise TypeError(f"adjoint options['norm'] must be 'seminorm' or a callable; got {norm_opt!r}")
                 user_norm = norm_opt
-            options = _parse_options(tableau, raw, not problem.reversed)
-            if isinstance(options, FixedOptions) and options.grid_constructor is not None:
+            options = parse_options(method, raw, not problem.reversed)
+            if getattr(options, "grid_constructor", None) is not None:
                 options = dataclasses.replace(options, grid_constructor=_backward_grid_constructor(
                     options.grid_constructor, problem.reversed, user_time=True))
         self.seminorm = seminorm
@@ -234,26 +250,26 @@ class _BackwardSolver:
         atol = problem.atol if strategy.atol is None else _tolerance("adjoint atol", strategy.atol, problem.shapes, y0)
         z_like = y0.new_empty(2 * self.n + sum(sizes))
         norm = _backward_norm(problem.norm, self.n, self.shape, [p.shape for p in params], seminorm, user_norm,
-                              problem.shapes)
+                              problem.shapes, y0)
         self.template = Problem(
-            func=self.field, y0=z_like, t=problem.t.detach()[:2], tableau=tableau,
+            func=self.field, y0=z_like, t=problem.t.detach()[:2], method=method,
             rtol=self._augment_tol(rtol, sizes), atol=self._augment_tol(atol, sizes), options=options, norm=norm,
             callbacks=self._callbacks(), on_failure="return")
         self.stats: Optional[SolveStats] = None
         # The backward solve starts each segment with the forward solve's step size there (see
         # _first_step), when both solves use the same adaptive method and no first_step is set.
         self.forward_steps: Optional[Tuple[List[float], List[float]]] = None
-        if (tableau.adaptive and tableau is problem.tableau and options.first_step is None
-                and isinstance(problem.rtol, float) and isinstance(rtol, float)):
+        if (method.adaptive and method is problem.method and isinstance(options, AdaptiveOptions)
+                and options.first_step is None and isinstance(problem.rtol, float) and isinstance(rtol, float)):
             self.forward_steps = ([], [])
             # Steps for a different tolerance scale as tol^(1/(p+1)).
             ratio = (rtol / problem.rtol) if problem.rtol > 0 and rtol > 0 else 1.0
-            self.step_scale = ratio ** (1.0 / (tableau.order + 1))
+            self.step_scale = ratio ** (1.0 / (method.order + 1))
 
-    def record_step(self, t: float, h: float, y: torch.Tensor) -> None:
+    def record_step(self, step: AcceptedStep) -> None:
         """``on_accept`` of the forward solve: keeps the accepted steps' starts and sizes."""
-        self.forward_steps[0].append(t)
-        self.forward_steps[1].append(h)
+        self.forward_steps[0].append(step.t0)
+        self.forward_steps[1].append(step.t1 - step.t0)
 
     def _first_step(self, s: float) -> Optional[float]:
         """The forward step size at internal time ``s``: the backward solve's first step from there.
@@ -272,15 +288,15 @@ class _BackwardSolver:
         k = max(bisect.bisect_left(starts, s) - 1, 0)
         return sizes[k] * self.step_scale
 
-    def _forward_options(self, tableau):
+    def _forward_options(self, method):
         """The forward solve's options, moved to backward time (torchdiffeq's default)."""
         forward = self.problem.options
-        if tableau.adaptive != self.problem.tableau.adaptive:
-            return AdaptiveOptions() if tableau.adaptive else FixedOptions()
+        if method.parse_options is not self.problem.method.parse_options:  # another family: its defaults
+            return method.parse_options({}, not self.problem.reversed, method.name)
         if isinstance(forward, AdaptiveOptions):
             return dataclasses.replace(forward, norm=None, step_t=tuple(sorted(-x for x in forward.step_t)),
                                        jump_t=tuple(sorted(-x for x in forward.jump_t)))
-        if forward.grid_constructor is not None:
+        if getattr(forward, "grid_constructor", None) is not None:
             return dataclasses.replace(forward, grid_constructor=_backward_grid_constructor(
                 forward.grid_constructor, self.problem.reversed, user_time=False))
         return forward
@@ -323,7 +339,7 @@ class _BackwardSolver:
 
     def _raise(self, status: Status, r: float):
         raise SolverError(status, self._user_time(r), backward=True,
-                          detail=f"adjoint method={self.template.tableau.name}, " + _stats_detail(self.stats))
+                          detail=f"adjoint method={self.template.method.name}, " + _stats_detail(self.stats))
 
     def _segment(self, z: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
         """Solve the adjoint system from internal time ``t[i]`` back to ``t[i-1]``."""
@@ -422,8 +438,11 @@ class Adjoint:
     def __init__(self, rtol: Any = None, atol: Any = None, method: Optional[str] = None,
                  options: Optional[Dict[str, Any]] = None, seminorm: bool = False,
                  params: Optional[Iterable[torch.Tensor]] = None):
-        if method is not None and (not isinstance(method, str) or method not in METHODS):
-            raise ValueError(f"unknown adjoint method {method!r}; valid methods: {list(METHODS)}")
+        if method is not None:
+            try:
+                get_method(method)
+            except ValueError as error:
+                raise ValueError(str(error).replace("unknown method", "unknown adjoint method", 1)) from None
         if options is not None and not isinstance(options, dict):
             raise TypeError(f"adjoint options must be a dict; got {options!r}")
         if not isinstance(seminorm, bool):
@@ -451,24 +470,29 @@ class Adjoint:
 # --------------------------------------------------------------------------- checkpointing
 
 class _Replay:
-    """Replays accepted steps one at a time with their graph, mirroring :func:`integrate`."""
+    """Replays the accepted steps one at a time with their graph.
+
+    The forward solve records each accepted step (:meth:`AcceptedStep.checkpoint`: its start
+    state and the loop's decisions about it: perturbations, outputs, time chaining); the
+    backward pass re-takes each step with :func:`neuralode.integrate.replay_step`, so the
+    stepping rules live in the loop alone.
+    """
 
     def __init__(self, problem: Problem, params: Tuple[torch.Tensor, ...]):
         self.problem = problem
         self.params = params
-        self.records: List[Tuple[float, float, torch.Tensor]] = []
+        self.records: List[AcceptedStep] = []
         self.solution: Optional[Solution] = None
         self.stats: Optional[SolveStats] = None
-        self.t_reached: Optional[float] = None
 
     def forward(self) -> Solution:
         records = self.records
-        self.solution = integrate(self.problem, on_accept=lambda t, h, y: records.append((t, h, y)))
-        self.stats, self.t_reached = self.solution.stats, self.solution.t_reached
+        self.solution = integrate(self.problem, on_accept=lambda step: records.append(step.checkpoint()))
+        self.stats = self.solution.stats
         return self.solution
 
-    def _evaluator(self, time_dtype):
-        evaluate = _make_evaluate(self.problem.func, self.problem.y0, time_dtype)
+    def _evaluator(self):
+        evaluate = make_evaluate(self.problem.func, self.problem.y0)
         stats = self.stats
 
         def counted(t, y, perturb=0):
@@ -486,202 +510,108 @@ class _Replay:
         return gy, grads[1:k], grads[k:]
 
     def backward(self, grad_ys: torch.Tensor, need_t: bool):
+        problem = self.problem
         self.stats.n_accepted_backward += len(self.records)
-        if self.problem.tableau.adaptive:
-            return self._backward_adaptive(grad_ys, need_t)
-        return self._backward_fixed(grad_ys, need_t)
-
-    def _accumulate(self, acc: List[Optional[torch.Tensor]], grads) -> None:
-        for j, g in enumerate(grads):
-            if g is not None:
-                acc[j] = g if acc[j] is None else acc[j] + g
-
-    def _backward_adaptive(self, grad_ys: torch.Tensor, need_t: bool):
-        problem = self.problem
-        tab = problem.tableau
-        opts: AdaptiveOptions = problem.options  # type: ignore[assignment]
-        y0 = problem.y0
-        time_dtype = torch.promote_types(opts.dtype, y0.dtype)
-        evaluate = self._evaluator(time_dtype)
-        ts = problem.t.detach().tolist()
-        n_out, t_end = len(ts), ts[-1]
-        jumps = set(opts.jump_t)
-        rows = dense_rows(tab)
-        needs_f1 = needs_end_derivative(rows, tab)
-        records = self.records
-        t_reached = self.t_reached
-        last_t = -t_reached if problem.reversed else t_reached
-        ends = [rec[0] for rec in records[1:]] + [last_t]
-
-        # Plan the steps forwards: which outputs each step emits, and the time-chain values.
-        plan = []
-        next_out = 1
-        t_values = problem.t.detach().to(time_dtype)
-        tg_value = t_values[0]
-        for (t, h, _), t1 in zip(records, ends):
-            outs = []
-            while next_out < n_out and ts[next_out] <= t1:
-                outs.append((next_out, ts[next_out] == t1 and (not need_t or next_out == n_out - 1)))
-                next_out += 1
-            lands_end = t1 == t_end
-            plan.append((tg_value, outs, lands_end))
-            if need_t:
-                tg_value = t_values[-1] if lands_end else tg_value + h
-
-        param_acc: List[Optional[torch.Tensor]] = [None] * len(self.params)
-        t_grad = torch.zeros(n_out, dtype=time_dtype) if need_t else None
-        g_next: Optional[torch.Tensor] = None
-        for k in range(len(records) - 1, -1, -1):
-            t, h, y = records[k]
-            t1 = ends[k]
-            tg_value, outs, lands_end = plan[k]
-            at_jump = t1 in jumps
-            after_jump = k > 0 and ends[k - 1] in jumps
-            with torch.enable_grad():
-                y_leaf = y.detach().requires_grad_(True)
-                leaves = []
-                if need_t:
-                    tg = tg_value.detach().requires_grad_(True)
-                    leaves.append(tg)
-                    if lands_end:
-                        t1g = t_values[-1].detach().requires_grad_(True)
-                        leaves.append(t1g)
-                    else:
-                        t1g = tg + h
-                    hg = t1g - tg
-                else:
-                    tg, t1g, hg = t, t1, h
-                f0 = evaluate(tg, y_leaf, 1 if after_jump else 0)
-                y1, ks = rk_step(evaluate, tab, tg, hg, t1g, y_leaf, f0, -1 if at_jump else 0)
-                outputs, grads_out, out_leaves = _step_outputs(
-                    outs, y_leaf, y1, ks, g_next, grad_ys, rows=rows, needs_f1=needs_f1, evaluate=evaluate,
-                    t0g=tg, t1g=t1g, hg=hg, ts=ts, t_tensors=t_values if need_t else None)
-            if not outputs:
-                g_next = torch.zeros_like(y_leaf)
-                continue
-            all_leaves = leaves + [leaf for _, leaf in out_leaves]
-            g_next, gparams, gtimes = self._step_grads(outputs, grads_out, y_leaf, all_leaves)
-            self._accumulate(param_acc, gparams)
-            if need_t:
-                gtimes = [torch.zeros((), dtype=time_dtype) if g is None else g for g in gtimes]
-                t_grad[0] += gtimes[0]
-                if lands_end:
-                    t_grad[-1] += gtimes[1]
-                for (i, _), g in zip(out_leaves, gtimes[len(leaves):]):
-                    t_grad[i] += g
-        y0_grad = grad_ys[0] if g_next is None else g_next + grad_ys[0]
-        return y0_grad, t_grad, param_acc
-
-    def _backward_fixed(self, grad_ys: torch.Tensor, need_t: bool):
-        problem = self.problem
-        tab = problem.tableau
-        opts: FixedOptions = problem.options  # type: ignore[assignment]
-        y0 = problem.y0
-        evaluate = self._evaluator(y0.dtype)
+        stepper = problem.method.make_stepper(problem)
+        evaluate = self._evaluator()
         ts = problem.t.detach().tolist()
         n_out = len(ts)
-        records = self.records
-        grid_f = [rec[0] for rec in records] + [ts[-1]]
-        grid_is_t = opts.grid_constructor is None and opts.step_size is None
-        rows = dense_rows(tab, opts.interp)
-        needs_f1 = needs_end_derivative(rows, tab)
-        first_perturb = 1 if opts.perturb else 0
-        end_perturb = -1 if opts.perturb else 0
-
-        grid_graph = t_leaf = None
-        if need_t:
-            with torch.enable_grad():
-                t_leaf = problem.t.detach().requires_grad_(True)
-                if opts.grid_constructor is not None:
-                    grid_graph = opts.grid_constructor(problem.func, y0.detach(), t_leaf)
-                else:
-                    grid_graph = fixed_grid(t_leaf, opts.step_size)
-            grid_grad = torch.zeros(grid_graph.shape, dtype=grid_graph.dtype)
-            t_grad = torch.zeros(n_out, dtype=problem.t.dtype)
-
-        plan = []
-        next_out = 1
-        for n in range(len(records)):
-            t1 = grid_f[n + 1]
-            outs = []
-            while next_out < n_out and ts[next_out] <= t1:
-                outs.append((next_out, ts[next_out] == t1 and (not need_t or grid_is_t or next_out == n_out - 1)))
-                next_out += 1
-            plan.append(outs)
+        times = _StepTimes(problem, self.records) if need_t else None
+        t_values = problem.t.detach().to(graph_time_dtype(problem)) if need_t else None
+        device = problem.y0.device
+        t_grad = torch.zeros(n_out, dtype=t_values.dtype, device=device) if need_t else None
 
         param_acc: List[Optional[torch.Tensor]] = [None] * len(self.params)
         g_next: Optional[torch.Tensor] = None
-        for n in range(len(records) - 1, -1, -1):
-            t0, h, y = records[n]
-            t1 = grid_f[n + 1]
+        for k in range(len(self.records) - 1, -1, -1):
+            rec = self.records[k]
+            out_leaves: List[Tuple[int, torch.Tensor]] = []
             with torch.enable_grad():
-                y_leaf = y.detach().requires_grad_(True)
-                leaves = []
+                y_leaf = rec.y0.detach().requires_grad_(True)
                 if need_t:
-                    t0g = grid_graph[n].detach().requires_grad_(True)
-                    t1g = grid_graph[n + 1].detach().requires_grad_(True)
-                    leaves = [t0g, t1g]
-                    hg = t1g - t0g
+                    t0g, t1g, leaves = times.leaves(k)
+
+                    def tout(i):
+                        leaf = t_values[i].detach().requires_grad_(True)
+                        out_leaves.append((i, leaf))
+                        return leaf
                 else:
-                    t0g, t1g, hg = t0, t1, h
-                if n == 0:
-                    perturb0 = first_perturb
-                else:
-                    perturb0 = end_perturb if tab.fsal else first_perturb
-                f0 = evaluate(t0g, y_leaf, perturb0)
-                y1, ks = rk_step(evaluate, tab, t0g, hg, t1g, y_leaf, f0, end_perturb)
-                outputs, grads_out, out_leaves = _step_outputs(
-                    plan[n], y_leaf, y1, ks, g_next, grad_ys, rows=rows, needs_f1=needs_f1, evaluate=evaluate,
-                    t0g=t0g, t1g=t1g, hg=hg, ts=ts, t_tensors=problem.t if need_t else None)
+                    t0g, t1g, leaves = rec.t0, rec.t1, []
+                    tout = ts.__getitem__
+                y1, states = replay_step(stepper, evaluate, rec, y_leaf, t0g, t1g, tout)
+            outputs = ([y1] if g_next is not None else []) + states
+            grads_out = ([g_next] if g_next is not None else []) + [grad_ys[i] for i, _ in rec.outputs]
             if not outputs:
                 g_next = torch.zeros_like(y_leaf)
                 continue
-            all_leaves = leaves + [leaf for _, leaf in out_leaves]
-            g_next, gparams, gtimes = self._step_grads(outputs, grads_out, y_leaf, all_leaves)
-            self._accumulate(param_acc, gparams)
+            g_next, gparams, gtimes = self._step_grads(outputs, grads_out, y_leaf, leaves + [x for _, x in out_leaves])
+            for j, g in enumerate(gparams):
+                if g is not None:
+                    param_acc[j] = g if param_acc[j] is None else param_acc[j] + g
             if need_t:
-                for j, g in zip((n, n + 1), gtimes[:2]):
-                    if g is not None:
-                        grid_grad[j] += g
-                for (i, _), g in zip(out_leaves, gtimes[2:]):
+                times.add(k, gtimes[:len(leaves)], t_grad)
+                for (i, _), g in zip(out_leaves, gtimes[len(leaves):]):
                     if g is not None:
                         t_grad[i] += g
-        t_out = None
-        if need_t:
-            (through_grid,) = torch.autograd.grad(grid_graph, t_leaf, grid_grad, allow_unused=True)
-            t_out = t_grad if through_grid is None else t_grad + through_grid
+        t_out = times.finish(t_grad) if need_t else None
         y0_grad = grad_ys[0] if g_next is None else g_next + grad_ys[0]
         return y0_grad, t_out, param_acc
 
 
-def _step_outputs(outs, y_leaf, y1, ks, g_next, grad_ys, *, rows, needs_f1, evaluate, t0g, t1g, hg, ts, t_tensors):
-    """What one replayed step contributes to the backward pass: the tensors to differentiate
-    (the step's end carrying the gradient from later steps, then the outputs that fall in the
-    step) with their incoming gradients, and the output-time leaves when ``t`` needs gradients.
+class _StepTimes:
+    """The start and end times of the replayed steps as leaves, when ``t`` needs gradients.
 
-    ``outs`` lists ``(output index, is the step's end)``; ``t_tensors`` holds the output times as
-    tensors when their gradients are wanted (else ``None`` and ``ts`` gives floats).
+    Adaptive steps chain from ``t[0]`` (each start is ``t[0]`` plus constant step sizes; a step
+    ending on the last output ends at ``t[-1]`` itself), as the forward loop chains them; fixed
+    steps take their times from the grid, differentiated back to ``t`` at the end.
     """
-    outputs, grads_out, out_leaves = [], [], []
-    if g_next is not None:
-        outputs.append(y1)
-        grads_out.append(g_next)
-    f1 = None
-    for i, is_end in outs:
-        if is_end:
-            outputs.append(y1)
+
+    def __init__(self, problem: Problem, records: List[AcceptedStep]):
+        self.adaptive = isinstance(problem.options, AdaptiveOptions)
+        t_values = problem.t.detach().to(graph_time_dtype(problem))
+        self.t_last = t_values[-1]
+        if self.adaptive:
+            self.starts = []
+            tg = t_values[0]
+            for rec in records:
+                self.starts.append(tg)
+                tg = t_values[-1] if rec.end_is_last else tg + (rec.t1 - rec.t0)
+            self.records = records
         else:
-            if needs_f1 and f1 is None:
-                f1 = evaluate(t1g, y1, 0)
-            ks_ext = ks + [f1] if needs_f1 else ks
-            if t_tensors is not None:
-                tout = t_tensors[i].detach().requires_grad_(True)
-                out_leaves.append((i, tout))
-            else:
-                tout = ts[i]
-            outputs.append(evaluate_dense(rows, y_leaf, ks_ext, hg, (tout - t0g) / hg))
-        grads_out.append(grad_ys[i])
-    return outputs, grads_out, out_leaves
+            with torch.enable_grad():
+                self.t_leaf = problem.t.detach().requires_grad_(True)
+                self.grid = fixed_step_grid(problem, self.t_leaf)
+            self.grid_grad = torch.zeros(self.grid.shape, dtype=self.grid.dtype, device=self.grid.device)
+
+    def leaves(self, k: int):
+        """``(t0, t1, leaves)`` of step ``k``: its times in the graph and the leaves they hang on."""
+        if self.adaptive:
+            rec = self.records[k]
+            t0 = self.starts[k].detach().requires_grad_(True)
+            if rec.end_is_last:
+                t1 = self.t_last.detach().requires_grad_(True)
+                return t0, t1, [t0, t1]
+            return t0, t0 + (rec.t1 - rec.t0), [t0]
+        t0 = self.grid[k].detach().requires_grad_(True)
+        t1 = self.grid[k + 1].detach().requires_grad_(True)
+        return t0, t1, [t0, t1]
+
+    def add(self, k: int, grads, t_grad: torch.Tensor) -> None:
+        if self.adaptive:
+            if grads[0] is not None:
+                t_grad[0] += grads[0]
+            if len(grads) > 1 and grads[1] is not None:
+                t_grad[-1] += grads[1]
+            return
+        for j, g in zip((k, k + 1), grads):
+            if g is not None:
+                self.grid_grad[j] += g
+
+    def finish(self, t_grad: torch.Tensor) -> torch.Tensor:
+        if self.adaptive:
+            return t_grad
+        (through_grid,) = torch.autograd.grad(self.grid, self.t_leaf, self.grid_grad, allow_unused=True)
+        return t_grad if through_grid is None else t_grad + through_grid.to(t_grad.dtype)
 
 
 class _CheckpointFunction(torch.autograd.Function):
@@ -723,6 +653,10 @@ class Checkpoint:
         params = _find_params(problem, self.params, repr(self))
         if not _needs_graph(problem, params):
             return integrate(problem)
+        if problem.method.make_stepper is None or not problem.method.make_stepper(problem).replayable:
+            raise ValueError(f"gradient='checkpoint' replays single steps, which method '{problem.method.name}' cannot "
+                             f"(its steps depend on earlier ones, or it has no steps to replay); use "
+                             f"gradient='direct' or 'adjoint'")
         replay = _Replay(problem, params)
         ys = _CheckpointFunction.apply(replay, problem.y0, problem.t, *params)
         forward, replay.solution = replay.solution, None  # no cycle output -> ctx -> replay -> output

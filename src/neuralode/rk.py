@@ -53,13 +53,16 @@ class Plan:
     stage_list: Tuple[Tuple[Row, float, bool], ...] = ()
 
 
-_PLANS: Dict[str, Plan] = {}
+_PLANS: Dict[ButcherTableau, Plan] = {}
 
 
 def plan_for(tableau: ButcherTableau, dtype: Optional[torch.dtype] = None, device=None) -> Plan:
     """The cached :class:`Plan` of ``tableau`` (``dtype``/``device`` are accepted for callers
-    that key plans by them; rows hold Python floats and serve every dtype and device)."""
-    plan = _PLANS.get(tableau.name)
+    that key plans by them; rows hold Python floats and serve every dtype and device).
+
+    Plans are keyed by the tableau itself (its coefficients), never by its name: a different
+    tableau under an existing name gets its own plan."""
+    plan = _PLANS.get(tableau)
     if plan is None:
         last = len(tableau.c) - 1
         stages = tuple(Row(tuple(terms), increment_first=tableau.fsal and i == last and len(terms) >= 2)
@@ -67,7 +70,7 @@ def plan_for(tableau: ButcherTableau, dtype: Optional[torch.dtype] = None, devic
         solution = stages[last] if tableau.fsal else Row(tuple(tableau.b_terms), len(tableau.b_terms) >= 2)
         stage_list = tuple((stages[i], tableau.c[i], tableau.c[i] == 1.0) for i in range(1, len(tableau.c)))
         plan = Plan(stages=stages, solution=solution, error=Row(tuple(tableau.err_terms)), stage_list=stage_list)
-        _PLANS[tableau.name] = plan
+        _PLANS[tableau] = plan
     return plan
 
 

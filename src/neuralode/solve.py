@@ -54,7 +54,7 @@ def solve(
 
 def _failure_detail(solution: Solution, problem) -> str:
     stats = solution.stats
-    return (f"method={problem.tableau.name}, {stats.n_accepted} accepted and {stats.n_rejected} rejected steps, "
+    return (f"method={problem.method.name}, {stats.n_accepted} accepted and {stats.n_rejected} rejected steps, "
             f"{stats.nfe} function evaluations")
 
 

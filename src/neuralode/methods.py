@@ -1,0 +1,85 @@
+"""The registry of methods: every name ``method=`` accepts, and what it is.
+
+Explicit Runge–Kutta methods are data (:mod:`neuralode.tableaus`); each tableau becomes a
+:class:`~neuralode.stepping.Method` whose stepper is :class:`RKStepper`. Other families (the
+Adams methods, implicit methods, the SciPy bridge) live in their own modules and are added with
+:func:`register`. :func:`get_method` is what the rest of the package asks.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+import torch
+
+from .interpolate import dense_rows, needs_end_derivative
+from .options import ADAPTIVE_OPTIONS, FIXED_OPTIONS, parse_adaptive, parse_fixed
+from .rk import Scalar, combine_row, plan_for, rk_step
+from .stepping import Evaluate, Method
+from .tableaus import DEFAULT_METHOD, METHODS as TABLEAUS, ButcherTableau
+
+__all__ = ["RKStepper", "register", "get_method", "method_names", "REGISTRY", "DEFAULT_METHOD"]
+
+
+class RKStepper:
+    """The :class:`~neuralode.stepping.Stepper` of an explicit RK tableau (stateless)."""
+
+    replayable = True
+
+    def __init__(self, tableau: ButcherTableau, interp: str = "linear"):
+        self.tableau = tableau
+        self.plan = plan_for(tableau)
+        self.fsal = tableau.fsal
+        self.order = tableau.controller_order
+        self.rows = dense_rows(tableau, interp)
+        self.needs_f1 = needs_end_derivative(self.rows, tableau)
+        self._nfe = tableau.n_stages - 1
+
+    def step(self, evaluate: Evaluate, t0: Scalar, h: Scalar, t1: Scalar, y0: torch.Tensor, f0: torch.Tensor,
+             perturb_end: int) -> Tuple[torch.Tensor, List[torch.Tensor], int]:
+        y1, ks = rk_step(evaluate, self.tableau, t0, h, t1, y0, f0, perturb_end, self.plan)
+        return y1, ks, self._nfe
+
+    def error(self, ks: List[torch.Tensor], h: float) -> torch.Tensor:
+        return combine_row(None, ks, self.plan.error, h)
+
+
+def rk_method(tableau: ButcherTableau) -> Method:
+    """The :class:`Method` of an explicit RK tableau."""
+    if tableau.adaptive:
+        return Method(tableau.name, tableau.order, True, parse_adaptive, ADAPTIVE_OPTIONS,
+                      make_stepper=lambda problem: RKStepper(tableau), tableau=tableau,
+                      callbacks=("callback_step", "callback_accept_step", "callback_reject_step"),
+                      reference=tableau.reference)
+    return Method(tableau.name, tableau.order, False, parse_fixed, FIXED_OPTIONS,
+                  make_stepper=lambda problem: RKStepper(tableau, problem.options.interp), tableau=tableau,
+                  reference=tableau.reference)
+
+
+REGISTRY: Dict[str, Method] = {}
+
+
+def register(method: Method) -> Method:
+    """Add ``method`` under its name (replacing a method of the same name)."""
+    if not isinstance(method, Method):
+        raise TypeError(f"register() takes a neuralode.stepping.Method; got {type(method).__name__}")
+    REGISTRY[method.name] = method
+    return method
+
+
+def get_method(name) -> Method:
+    """The method called ``name`` (``None``: the default, dopri5), or a ValueError listing the valid ones."""
+    name = DEFAULT_METHOD if name is None else name
+    method = REGISTRY.get(name) if isinstance(name, str) else None
+    if method is None:
+        fixed = [n for n, m in REGISTRY.items() if not m.adaptive]
+        adaptive = [n for n, m in REGISTRY.items() if m.adaptive]
+        raise ValueError(f"unknown method {name!r}; valid methods: fixed-step {fixed}, adaptive {adaptive}")
+    return method
+
+
+def method_names() -> Tuple[str, ...]:
+    return tuple(REGISTRY)
+
+
+for _tab in TABLEAUS.values():
+    register(rk_method(_tab))
