@@ -3,6 +3,7 @@
 Public names only; everything else is private and may change.
 """
 from .errors import SolverError
+from .events import Event, EventRecord, odeint_event
 from .solution import Solution, SolveStats, Status
 from .solve import odeint, solve
 from .tableaus import ADAPTIVE_METHODS, FIXED_METHODS, METHODS, ButcherTableau
@@ -10,6 +11,9 @@ from .tableaus import ADAPTIVE_METHODS, FIXED_METHODS, METHODS, ButcherTableau
 __all__ = [
     "odeint",
     "odeint_adjoint",
+    "odeint_event",
+    "Event",
+    "EventRecord",
     "solve",
     "Solution",
     "SolveStats",

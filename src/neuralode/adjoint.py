@@ -678,7 +678,7 @@ SHORTHANDS: Dict[str, Callable[[], Any]] = {
 def odeint_adjoint(func: Callable, y0, t, *, rtol: Any = 1e-7, atol: Any = 1e-9, method: Optional[str] = None,
                    options: Optional[Dict[str, Any]] = None, adjoint_rtol: Any = None, adjoint_atol: Any = None,
                    adjoint_method: Optional[str] = None, adjoint_options: Optional[Dict[str, Any]] = None,
-                   adjoint_params: Optional[Iterable[torch.Tensor]] = None):
+                   adjoint_params: Optional[Iterable[torch.Tensor]] = None, event_fn: Optional[Callable] = None):
     """Drop-in replacement for ``torchdiffeq.odeint_adjoint``: same signature, defaults and results.
 
     Solves like :func:`neuralode.odeint` but computes gradients with the adjoint method
@@ -689,9 +689,11 @@ def odeint_adjoint(func: Callable, y0, t, *, rtol: Any = 1e-7, atol: Any = 1e-9,
     Methods ``callback_step_adjoint``, ``callback_accept_step_adjoint`` and
     ``callback_reject_step_adjoint`` on ``func`` are called during the backward solve with
     ``(t, (y, a, *param_grads), dt)`` in user time (``dt < 0`` when the forward solve runs
-    forward in time).
+    forward in time). With ``event_fn``, torchdiffeq's event mode (see :func:`neuralode.odeint`):
+    returns ``(event_t, solution)``, differentiable through the adjoint method and the implicit
+    function theorem.
     """
-    from .solve import solve
+    from .solve import solve, solve_until_event
 
     if adjoint_params is None and not isinstance(func, nn.Module):
         raise ValueError(
@@ -706,4 +708,7 @@ def odeint_adjoint(func: Callable, y0, t, *, rtol: Any = 1e-7, atol: Any = 1e-9,
         adjoint_options = {k: v for k, v in (options or {}).items() if k != "norm"}
     strategy = Adjoint(rtol=adjoint_rtol, atol=adjoint_atol, method=adjoint_method or method,
                        options=dict(adjoint_options), params=adjoint_params)
+    if event_fn is not None:
+        return solve_until_event(func, y0, t, event_fn, rtol=rtol, atol=atol, method=method, options=options,
+                                 gradient=strategy)
     return solve(func, y0, t, rtol=rtol, atol=atol, method=method, options=options, gradient=strategy).ys

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import Optional, Tuple, Union
+from typing import Any, Optional, Tuple, Union
 
 import torch
 
@@ -83,6 +83,8 @@ class Solution:
         stats: function evaluations and steps (:class:`SolveStats`).
         status: how the solve ended (:class:`Status`).
         t_reached: the time reached (the last output time on success).
+        events: what the events did, when the solve had ``events=`` (a
+            :class:`neuralode.events.EventRecord`), else ``None``.
     """
 
     ys: TensorOrTuple
@@ -90,6 +92,7 @@ class Solution:
     stats: SolveStats = field(default_factory=SolveStats)
     status: Status = Status.SUCCESS
     t_reached: Optional[float] = None
+    events: Optional[Any] = None
 
     @property
     def success(self) -> bool:

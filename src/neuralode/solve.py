@@ -22,6 +22,8 @@ def solve(
     options: Optional[Dict[str, Any]] = None,
     on_failure: str = "raise",
     gradient: Any = "direct",
+    events: Any = None,
+    per_sample_events: bool = False,
 ) -> Solution:
     """Solve ``dy/dt = func(t, y)`` from ``y(t[0]) = y0`` and return the states at the times ``t``.
 
@@ -38,17 +40,32 @@ def solve(
             to the failure (NaN after it) with the failure in ``status``.
         gradient: ``'direct'``, ``'adjoint'``, ``'adjoint-seminorm'``, ``'checkpoint'`` or a
             strategy object (see :mod:`neuralode.adjoint`).
+        events: an :class:`neuralode.Event` or a list of them (plain callables ``g(t, y)`` are read
+            as SciPy's): located on the dense output, recorded in ``Solution.events``; a terminal
+            one ends the solve there (``ys``/``ts`` then stop at the last output reached). Event
+            times and states are differentiable (see :mod:`neuralode.events`).
+        per_sample_events: the state is a batch (samples along the first dimension; the field must
+            treat them independently): each sample stops at its own terminal event and stays
+            frozen there while the others go on; ``ys`` keeps every output time.
 
     Returns:
         :class:`Solution` with ``ys`` of shape ``(len(t), *y0.shape)``, ``stats`` and ``status``.
     """
     problem = make_problem(func, y0, t, method=method, rtol=rtol, atol=atol, options=options, on_failure=on_failure)
     strategy = resolve_gradient(gradient)
-    solution = strategy.solve(problem)
+    if events is not None:
+        from .events import solve_with_events
+
+        solution = solve_with_events(problem, events, strategy, per_sample_events)
+    elif per_sample_events:
+        raise ValueError("per_sample_events=True needs events=[...]")
+    else:
+        solution = strategy.solve(problem)
     if not solution.success and on_failure == "raise":
         raise SolverError(solution.status, solution.t_reached, detail=_failure_detail(solution, problem))
     solution.ys = problem.unpack(solution.ys)
-    solution.ts = t if isinstance(t, torch.Tensor) else solution.ts
+    if isinstance(t, torch.Tensor):
+        solution.ts = t[:len(solution.ts)]
     return solution
 
 
@@ -67,6 +84,7 @@ def odeint(
     atol: Any = 1e-9,
     method: Optional[str] = None,
     options: Optional[Dict[str, Any]] = None,
+    event_fn: Optional[Callable] = None,
 ) -> TensorOrTuple:
     """Drop-in replacement for ``torchdiffeq.odeint``: same signature, defaults and results.
 
@@ -75,5 +93,24 @@ def odeint(
     O(1)-memory adjoint gradients use :func:`neuralode.odeint_adjoint`. Raises
     :class:`SolverError` when the solve fails; use :func:`solve` for statistics and
     ``on_failure='return'``.
+
+    With ``event_fn(t, y) -> tensor`` (torchdiffeq's event mode) ``t`` must hold two times and
+    only ``t[0]`` is used: the solve runs from ``t[0]`` until an element of ``event_fn`` first
+    changes sign and returns ``(event_t, solution)``, ``solution`` holding ``y0`` and the state at
+    ``event_t``; both differentiable, the event time by the implicit function theorem (see
+    :func:`neuralode.odeint_event` and :mod:`neuralode.events`).
     """
+    if event_fn is not None:
+        return solve_until_event(func, y0, t, event_fn, method=method, rtol=rtol, atol=atol, options=options,
+                                 gradient="direct")
     return solve(func, y0, t, method=method, rtol=rtol, atol=atol, options=options).ys
+
+
+def solve_until_event(func: Callable, y0: TensorOrTuple, t: torch.Tensor, event_fn: Callable, *, method, rtol, atol,
+                      options, gradient: Any):
+    """torchdiffeq's event mode of ``odeint``/``odeint_adjoint``: ``(event_t, [y0, y(event_t)])``."""
+    from .events import solve_until_event as run
+
+    problem = make_problem(func, y0, t, method=method, rtol=rtol, atol=atol, options=options)
+    event_t, ys = run(problem, event_fn, resolve_gradient(gradient))
+    return event_t, problem.unpack(ys)
