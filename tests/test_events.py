@@ -127,7 +127,8 @@ def test_odeint_event_mode_returns_torchdiffeq_shapes_and_stops_at_any_element()
 
 
 def test_event_mode_matches_torchdiffeq():
-    torchdiffeq = pytest.importorskip("torchdiffeq")
+    import torchdiffeq  # the test extra installs it: the reference this test compares with
+
     ball = Ball()
     state = (torch.tensor(3.0, dtype=DT, requires_grad=True), torch.tensor(1.0, dtype=DT))
     t0 = torch.tensor(0.0, dtype=DT)
@@ -259,14 +260,16 @@ def test_event_gradients_agree_between_gradient_strategies(gradient):
 
 
 def test_tuple_state_events_and_fixed_step_event_mode():
-    event_t, solution = odeint(Ball(), (torch.tensor(5.0, dtype=DT), torch.zeros((), dtype=DT)),
-                               torch.tensor([0.0, 1.0], dtype=DT), event_fn=ground, method="rk4",
-                               options={"step_size": 0.01})
-    assert isinstance(solution, tuple) and solution[0].shape == (2,)
-    assert abs(float(event_t) - math.sqrt(2 * 5.0 / 9.81)) < 1e-8  # rk4 is exact on a parabola; linear interp
+    state = (torch.tensor(5.0, dtype=DT), torch.zeros((), dtype=DT))
+    t = torch.tensor([0.0, 1.0], dtype=DT)
+    exact = math.sqrt(2 * 5.0 / 9.81)
+    for interp, tol in (("cubic", 1e-10), ("linear", 1e-5)):  # rk4 and cubic Hermite are exact on a parabola
+        event_t, solution = odeint(Ball(), state, t, event_fn=ground, method="rk4",
+                                   options={"step_size": 0.01, "interp": interp})
+        assert isinstance(solution, tuple) and solution[0].shape == (2,)
+        assert abs(float(event_t) - exact) < tol, interp
     with pytest.raises(ValueError, match="step_size"):
-        odeint(Ball(), (torch.tensor(5.0, dtype=DT), torch.zeros((), dtype=DT)), torch.tensor([0.0, 1.0], dtype=DT),
-               event_fn=ground, method="rk4")
+        odeint(Ball(), state, t, event_fn=ground, method="rk4")
 
 
 # --------------------------------------------------------------------------- pieces and errors

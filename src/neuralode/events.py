@@ -483,7 +483,7 @@ class _Run:
 def _integrate_observed(problem: Problem, observer) -> Solution:
     from .integrate import integrate
 
-    return integrate(problem, observers=(observer,))
+    return integrate(problem.replace(observers=(*problem.observers, observer)))
 
 
 def _add_stats(total: SolveStats, part: SolveStats) -> None:
@@ -524,8 +524,8 @@ class EventSolve:
         self.fns = [_EventFunction(ev, k, problem, n) for k, ev in enumerate(events)]
         self.detector = Detector(self.fns, events, per_sample, n or 1)
         self.replay = not isinstance(strategy, Direct) and torch.is_grad_enabled()
-        if horizon and not problem.tableau.adaptive and getattr(problem.options, "step_size", None) is None:
-            raise ValueError(f"event handling with the fixed-step method '{problem.tableau.name}' needs "
+        if horizon and not problem.method.adaptive and getattr(problem.options, "step_size", None) is None:
+            raise ValueError(f"event handling with the fixed-step method '{problem.method.name}' needs "
                              "options['step_size'] (as in torchdiffeq)")
 
     # ------------------------------------------------------------------ phase 1
@@ -539,7 +539,7 @@ class EventSolve:
         active = torch.ones(self.layout.n, dtype=torch.bool, device=problem.y0.device) if self.per_sample else None
         y, t_start, first = problem.y0, ts[0], True
         window = ts[-1] - ts[0]
-        if self.horizon and not problem.tableau.adaptive:
+        if self.horizon and not problem.method.adaptive:
             step = problem.options.step_size
             window = step * max(1, round(window / step))
         options = problem.options
@@ -579,7 +579,7 @@ class EventSolve:
                     break
                 t_start, first = t_reached, False
                 window *= 2
-                if problem.tableau.adaptive and sol.stats.final_step:
+                if problem.method.adaptive and sol.stats.final_step:
                     options = _with_first_step(problem.options, sol.stats.final_step)
                 continue
             y = stopped[0].y  # the state where they stopped (every stopped firing has the same time)
