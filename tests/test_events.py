@@ -236,6 +236,20 @@ def test_per_sample_events_stop_each_ball_at_its_own_time_like_solving_each_alon
     assert grad[:, 1].tolist() == pytest.approx([1 / 9.81] * 4, abs=1e-7)
 
 
+def test_per_sample_non_terminal_events_are_recorded_with_their_sample():
+    w = torch.tensor([1.0, 2.2, 3.1], dtype=DT)  # no two samples cross at once
+    oscillators = lambda t, y: torch.stack([y[:, 1], -w ** 2 * y[:, 0]], dim=1)  # noqa: E731
+    y0 = torch.tensor([[1.0, 0.0]] * 3, dtype=DT)
+    sol = solve(oscillators, y0, torch.tensor([0.0, 4.0], dtype=DT), events=[Event(lambda t, y: y[:, 0])],
+                per_sample_events=True, rtol=1e-10, atol=1e-12)
+    expected = sorted(((k + 0.5) * math.pi / float(wb), b) for b, wb in enumerate(w) for k in range(12)
+                      if (k + 0.5) * math.pi / float(wb) < 4.0)
+    assert sol.events.t.tolist() == pytest.approx([t for t, _ in expected], abs=1e-8)
+    assert sol.events.sample.tolist() == [b for _, b in expected]
+    assert sol.events.y.shape == (len(expected), 2) and float(sol.events.y[:, 0].abs().max()) < 1e-8
+    assert sol.events.stop_which.tolist() == [-1, -1, -1] and sol.events.stop_t.tolist() == [4.0] * 3
+
+
 @pytest.mark.parametrize("gradient", ["adjoint", "checkpoint"])
 def test_event_gradients_agree_between_gradient_strategies(gradient):
     class Damped(nn.Module):
