@@ -523,6 +523,24 @@ def _figures(run, config: Config, data: _Data, trained: dict, evals: dict, basel
     return paths
 
 
+def _declare_headlines() -> None:
+    from neuralode.report.headlines import Headline, declare
+
+    src = "Chen et al. 2018, Table 2"
+    declare(
+        "latent-spirals",
+        *(Headline(f"rmse_latent_ode_{n}", f"latent ODE extrapolation RMSE, {n} obs", PAPER_RMSE["latent_ode"][n],
+                   "lower", rtol=0.5, source=f"{src} (within 1.5x: the issue's target)") for n in (30, 50, 100)),
+        Headline("rmse_rnn_paper_30", "paper's RNN baseline extrapolation RMSE, 30 obs", PAPER_RMSE["rnn_paper"][30],
+                 "lower", rtol=0.1, source=src),
+        Headline("latent_ode_over_rnn_paper_30", "latent ODE / paper's RNN RMSE, 30 obs (< 1: the paper's ordering)",
+                 1.0, "at_most", source="the paper's ordering",
+                 value=lambda m: m["rmse_latent_ode_30"] / m["rmse_rnn_paper_30"]),
+    )
+
+
+_declare_headlines()
+
 register(
     "latent-spirals",
     config=Config,

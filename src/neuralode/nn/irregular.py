@@ -155,14 +155,17 @@ class ODERNN(nn.Module):
         ode_hidden: width of the ODE field's MLP.
         solver: integrator of the hidden state between rows (Rubanova et al.: Euler).
         time_scale: hours -> solver time.
+        field_layers: linear layers of the ODE field (2: one hidden layer; Rubanova et al.'s
+            ``--rec-layers 3`` is 5).
     """
 
     def __init__(self, n_channels: int, hidden: int = 50, ode_hidden: int = 50,
-                 solver: SolverConfig = SolverConfig(), time_scale: float = 1 / 48, decoder: bool = True):
+                 solver: SolverConfig = SolverConfig(), time_scale: float = 1 / 48, decoder: bool = True,
+                 field_layers: int = 2):
         super().__init__()
         self.hidden, self.solver, self.time_scale = hidden, solver, time_scale
         self.state_dim = hidden
-        self.func = ODEFunc(hidden, ode_hidden)
+        self.func = ODEFunc(hidden, ode_hidden, layers=field_layers)
         self.cell = nn.GRUCell(2 * n_channels, hidden)
         self.decoder = nn.Linear(hidden, n_channels) if decoder else None  # None: encoder use only
 
@@ -288,6 +291,8 @@ class LatentODE(nn.Module):
         units: width of the latent ODE field.
         enc_solver / dec_solver: integrators (Rubanova et al.: Euler in the encoder, dopri5 with
             rtol 1e-3 / atol 1e-4 in the decoder).
+        enc_layers / dec_layers: linear layers of the encoder's and the latent ODE's fields
+            (Rubanova et al.'s ``--rec-layers 3 --gen-layers 3``: 5 each).
 
     ``state`` is the posterior mean of z0 (input of the classifier). Training samples z0
     (reparameterised); evaluation uses the mean.
@@ -295,18 +300,20 @@ class LatentODE(nn.Module):
 
     def __init__(self, n_channels: int, encoder: str = "odernn", latent: int = 20, rec_hidden: int = 40,
                  units: int = 50, enc_solver: SolverConfig = SolverConfig(),
-                 dec_solver: SolverConfig = SolverConfig("dopri5"), time_scale: float = 1 / 48):
+                 dec_solver: SolverConfig = SolverConfig("dopri5"), time_scale: float = 1 / 48,
+                 enc_layers: int = 2, dec_layers: int = 3):
         super().__init__()
         if encoder not in ("odernn", "rnn"):
             raise ValueError(f"encoder must be 'odernn' or 'rnn', got {encoder!r}")
         self.encoder_kind, self.latent, self.time_scale = encoder, latent, time_scale
         self.state_dim = latent
         if encoder == "odernn":
-            self.encoder: nn.Module = ODERNN(n_channels, rec_hidden, units, enc_solver, time_scale, decoder=False)
+            self.encoder: nn.Module = ODERNN(n_channels, rec_hidden, units, enc_solver, time_scale, decoder=False,
+                                             field_layers=enc_layers)
         else:
             self.encoder = GRUDelta(n_channels, rec_hidden, time_scale, decoder=False)
         self.to_z0 = nn.Sequential(nn.Linear(rec_hidden, units), nn.Tanh(), nn.Linear(units, 2 * latent))
-        self.func = ODEFunc(latent, units, layers=3)
+        self.func = ODEFunc(latent, units, layers=dec_layers)
         self.dec_solver = dec_solver
         self.decoder = nn.Linear(latent, n_channels)
 
@@ -346,11 +353,19 @@ class LatentODE(nn.Module):
 
 
 class ClassifierHead(nn.Module):
-    """Logit of a binary outcome from a final state: ``Linear -> ReLU -> Linear``."""
+    """Logit of a binary outcome from a final state: ``layers`` hidden ReLU layers of ``hidden``
+    units, then ``Linear -> 1`` (Rubanova et al.: two of 300)."""
 
-    def __init__(self, dim: int, hidden: int = 300):
+    def __init__(self, dim: int, hidden: int = 300, layers: int = 1):
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        if not isinstance(layers, int) or layers < 1:
+            raise ValueError(f"layers must be an int >= 1, got {layers!r}")
+        mods: list[nn.Module] = []
+        width = dim
+        for _ in range(layers):
+            mods += [nn.Linear(width, hidden), nn.ReLU()]
+            width = hidden
+        self.net = nn.Sequential(*mods, nn.Linear(width, 1))
 
     def forward(self, state: Tensor) -> Tensor:
         return self.net(state).squeeze(-1)
@@ -377,16 +392,17 @@ MODEL_NAMES = ("gru_dt", "gru_decay", "ode_rnn", "latent_ode_rnn", "latent_ode_o
 
 def build_model(name: str, n_channels: int, *, hidden: int = 50, latent: int = 20, rec_hidden: int = 40,
                 units: int = 50, enc_solver: SolverConfig = SolverConfig(),
-                dec_solver: SolverConfig = SolverConfig("dopri5"), time_scale: float = 1 / 48) -> nn.Module:
-    """One of :data:`MODEL_NAMES` with its sizes."""
+                dec_solver: SolverConfig = SolverConfig("dopri5"), time_scale: float = 1 / 48,
+                enc_layers: int = 2, dec_layers: int = 3) -> nn.Module:
+    """One of :data:`MODEL_NAMES` with its sizes (``enc_layers``: the ODE-RNN's field, also as an
+    encoder; ``dec_layers``: the latent ODE's field)."""
     if name == "gru_dt":
         return GRUDelta(n_channels, hidden, time_scale)
     if name == "gru_decay":
         return GRUDecay(n_channels, hidden, time_scale)
     if name == "ode_rnn":
-        return ODERNN(n_channels, hidden, units, enc_solver, time_scale)
-    if name == "latent_ode_rnn":
-        return LatentODE(n_channels, "rnn", latent, rec_hidden, units, enc_solver, dec_solver, time_scale)
-    if name == "latent_ode_odernn":
-        return LatentODE(n_channels, "odernn", latent, rec_hidden, units, enc_solver, dec_solver, time_scale)
+        return ODERNN(n_channels, hidden, units, enc_solver, time_scale, field_layers=enc_layers)
+    if name in ("latent_ode_rnn", "latent_ode_odernn"):
+        return LatentODE(n_channels, "rnn" if name == "latent_ode_rnn" else "odernn", latent, rec_hidden, units,
+                         enc_solver, dec_solver, time_scale, enc_layers=enc_layers, dec_layers=dec_layers)
     raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")

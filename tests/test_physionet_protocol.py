@@ -1,0 +1,169 @@
+"""Rubanova et al.'s PhysioNet protocol: KL schedule and averaging, their masked averages, the IWAE
+objective, the learning-rate floor, the static channels, and the AUC intervals - against values
+computed by hand."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from neuralode.experiments import physionet as E
+from neuralode.experiments._physionet_protocol import (
+    bootstrap_auc_ci,
+    delong_auc_ci,
+    iwae_loss,
+    kl_per_dim,
+    kl_weight,
+    mean_std,
+    patient_channel_mean,
+    rubanova_gaussian_loglik,
+    rubanova_mse,
+)
+
+
+def test_kl_weight_is_zero_for_ten_epochs_then_rises_as_one_minus_point_99_to_the_epochs_since():
+    assert [kl_weight(e) for e in range(11)] == [0.0] * 11  # still 0 at epoch 10: 1 - 0.99^0
+    assert kl_weight(11) == pytest.approx(0.01)
+    assert kl_weight(12) == pytest.approx(1 - 0.99**2)
+    assert kl_weight(110) == pytest.approx(1 - 0.99**100)  # 0.634 after 100 epochs of annealing
+    assert kl_weight(5, wait=0) == pytest.approx(1 - 0.99**5)
+    with pytest.raises(ValueError, match="epoch and wait"):
+        kl_weight(-1)
+
+
+def test_kl_per_latent_dimension_by_hand_and_its_average():
+    mean, std = torch.tensor([[1.0, 0.0]]), torch.tensor([[1.0, 0.5]])
+    kl = kl_per_dim(mean, std)
+    # 0.5 (m² + s² - 1) - log s: 0.5 for (1, 1); -0.375 + log 2 for (0, 0.5)
+    torch.testing.assert_close(kl, torch.tensor([[0.5, -0.375 + math.log(2)]]))
+    assert float(kl.mean()) == pytest.approx((0.5 - 0.375 + math.log(2)) / 2)  # theirs: averaged over the latents
+
+
+def test_patient_channel_average_counts_unobserved_channels_as_zero():
+    sq = torch.tensor([[[1.0, 9.0, 5.0], [7.0, 4.0, 5.0], [3.0, 9.0, 5.0]],
+                       [[1.0, 1.0, 1.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]]])  # (B=2, T=3, C=3)
+    mask = torch.tensor([[[1.0, 0, 0], [0, 1, 0], [1, 0, 0]], [[1.0, 1, 1], [1, 1, 1], [1, 1, 1]]])
+    # patient 0: channel 0 -> (1 + 3) / 2 = 2, channel 1 -> 4, channel 2 never observed -> 0; mean 2
+    torch.testing.assert_close(patient_channel_mean(sq, mask), torch.tensor([2.0, 1.0]))
+    pred, target = torch.zeros_like(sq), sq.sqrt()
+    assert float(rubanova_mse(pred, target, mask)) == pytest.approx(1.5)
+    # a sample dimension in front is kept
+    assert patient_channel_mean(sq.expand(4, -1, -1, -1), mask).shape == (4, 2)
+
+
+def test_their_gaussian_log_likelihood_by_hand():
+    pred, target, mask = torch.zeros(1, 2, 1), torch.tensor([[[0.01], [5.0]]]), torch.tensor([[[1.0], [0.0]]])
+    expected = -0.5 - math.log(0.01) - 0.5 * math.log(2 * math.pi)  # one observed entry, one std off
+    assert float(rubanova_gaussian_loglik(pred, target, mask, 0.01)) == pytest.approx(expected)
+
+
+def test_iwae_objective_by_hand():
+    loglik = torch.tensor([[-1.0, -3.0], [-4.0, -2.0]])  # (K=2 samples, B=2 patients): means -2 and -3
+    kl = torch.full((2, 5), 0.4)  # mean 0.4
+    got = float(iwae_loss(loglik, kl, kl_coef=0.5))
+    expected = -math.log(math.exp(-2 - 0.2) + math.exp(-3 - 0.2))
+    assert got == pytest.approx(expected)
+
+
+def test_the_experiment_averages_the_kl_over_latents_when_asked():
+    """The same batch and z0 draws: summing the KL over L latents instead of averaging adds
+    kl_coef x (L - 1) x the averaged KL to the loss."""
+    from neuralode.nn.irregular import ClassifierHead, LatentODE
+
+    class Batch:
+        times = torch.tensor([0.0, 1.0, 3.0], dtype=torch.float64)
+        values = torch.rand(4, 3, 5, dtype=torch.float64)
+        mask = (torch.rand(4, 3, 5) < 0.6).double()
+        labels = torch.tensor([0.0, 1.0, 0.0, 1.0], dtype=torch.float64)
+
+    torch.manual_seed(0)
+    model = LatentODE(5, "rnn", latent=3, rec_hidden=6, units=6)
+    full = E._Full(model, ClassifierHead(3, 4)).double()
+    base = dataclasses.replace(E.resolve(E.Config(protocol="rubanova")), z0_samples=2)
+    keep = torch.ones(4, 3, 1, dtype=torch.float64)
+    losses = {}
+    for mean_kl in (True, False):
+        torch.manual_seed(1)
+        cfg = dataclasses.replace(base, kl_mean_over_dims=mean_kl)
+        losses[mean_kl] = float(E._loss(full, Batch, keep, cfg, 0.5, None, classify=False)[0].detach())
+    with torch.no_grad():
+        mean, std, _ = model.encode(Batch.times, Batch.values, Batch.mask)
+    kl_mean = float(kl_per_dim(mean, std).mean())
+    assert losses[False] - losses[True] == pytest.approx(0.5 * 2 * kl_mean, rel=1e-8)
+
+
+def test_rubanova_protocol_fills_the_fields_left_at_their_defaults():
+    r = E.resolve(E.Config(protocol="rubanova"))
+    assert (r.optimizer, r.lr, r.lr_floor, r.batch_size, r.latent, r.rec_hidden, r.units) == \
+        ("adamax", 1e-2, 0.1, 50, 20, 40, 50)
+    assert (r.kl_per_epoch, r.kl_mean_over_dims, r.z0_samples, r.obs_std, r.ce_weight) == (True, True, 3, 0.01, 100.0)
+    assert (r.static_channels, r.pos_weight, r.classifier_layers, r.enc_layers, r.dec_layers) == (True, False, 2, 5, 5)
+    assert r.split == (0.8, 0.0, 0.2) and r.round_hours == pytest.approx(1 / 60) and r.p_extrap == 0.0
+    kept = E.resolve(E.Config(protocol="rubanova", epochs=3, latent=6))  # the user's own choices win
+    assert (kept.epochs, kept.latent, kept.units) == (3, 6, 50)
+    assert E.resolve(E.Config()) == E.Config()
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        E.resolve(E.Config(protocol="theirs"))
+
+
+def test_learning_rate_decays_per_step_to_a_floor_of_a_tenth():
+    model = torch.nn.Linear(2, 1)
+    opt, sched = E._optimizer(model, E.resolve(E.Config(protocol="rubanova")))
+    assert isinstance(opt, torch.optim.Adamax)
+    lrs = []
+    for _ in range(3000):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(1e-2) and lrs[1] == pytest.approx(1e-2 * 0.999)
+    assert lrs[1000] == pytest.approx(1e-2 * 0.999**1000)
+    assert min(lrs) == pytest.approx(1e-3) and lrs[-1] == pytest.approx(1e-3)  # 0.999^2302 < 0.1
+
+
+def test_static_descriptors_become_four_channels_observed_at_time_zero():
+    from neuralode.data.physionet import Patient
+
+    p = Patient(1, np.array([0.5, 2.0], np.float32), np.ones((2, 37), np.float32), np.ones((2, 37), np.float32), 0,
+                np.array([60.0, 1.0, -1.0, 3.0, 70.0], np.float32))  # Height missing (-1)
+    stats = np.array([[20.0, 0.0, 150.0, 1.0], [60.0, 1.0, 50.0, 3.0]])  # min, range
+    q = E._with_static(p, stats)
+    assert q.times.tolist() == [0.0, 0.5, 2.0] and q.values.shape == (3, 41)  # a row at t = 0 was added
+    np.testing.assert_allclose(q.values[0, 37:], [40 / 60, 1.0, 0.0, 2 / 3], rtol=1e-6)
+    assert q.mask[0, 37:].tolist() == [1.0, 1.0, 0.0, 1.0] and q.mask[0, :37].sum() == 0
+    assert q.mask[1:, 37:].sum() == 0 and np.array_equal(q.values[1:, :37], p.values)
+
+
+def test_delong_interval_by_hand_and_auc_matches_scikit_learn():
+    from sklearn.metrics import roc_auc_score
+
+    y = [1, 1, 0, 0, 0]
+    p = [0.9, 0.4, 0.5, 0.3, 0.1]
+    auc, se, lo, hi = delong_auc_ci(y, p)
+    # placements: positives outrank 3/3 and 2/3 of the negatives; negatives are outranked by 1/2, 1, 1
+    assert auc == pytest.approx(5 / 6) == roc_auc_score(y, p)
+    var = np.var([1, 2 / 3], ddof=1) / 2 + np.var([0.5, 1, 1], ddof=1) / 3  # 1/36 + 1/36
+    assert se == pytest.approx(math.sqrt(var)) == pytest.approx(math.sqrt(1 / 18))
+    assert (lo, hi) == (pytest.approx(5 / 6 - 1.959964 * se, abs=1e-5), 1.0)  # clipped at 1
+    assert delong_auc_ci([1, 0], [0.5, 0.5])[0] == 0.5  # a tie counts one half
+    with pytest.raises(ValueError, match="both classes"):
+        delong_auc_ci([1, 1], [0.2, 0.3])
+
+
+def test_bootstrap_interval_is_seeded_and_agrees_with_delong_on_a_large_sample():
+    rng = np.random.default_rng(0)
+    y = (rng.random(400) < 0.15).astype(int)
+    p = rng.normal(y * 1.0, 1.0)
+    auc, _, lo, hi = delong_auc_ci(y, p)
+    b = bootstrap_auc_ci(y, p, n_boot=400, seed=3)
+    assert b == bootstrap_auc_ci(y, p, n_boot=400, seed=3)
+    assert b[0] < auc < b[1]
+    assert abs(b[0] - lo) < 0.03 and abs(b[1] - hi) < 0.03
+
+
+def test_mean_std_uses_the_sample_std_and_skips_missing_values():
+    assert mean_std([1.0, 3.0]) == (2.0, pytest.approx(math.sqrt(2)))
+    assert mean_std([2.0, float("nan"), None]) == (2.0, 0.0)
