@@ -321,6 +321,7 @@ class Detector:
         self.start_values = vals
         self.active = active
         self.firings, self.stopped = [], []
+        self.end_state: Optional[torch.Tensor] = None
 
     def __call__(self, step) -> Optional[float]:
         t0, t1 = step.t0, step.t1
@@ -353,29 +354,45 @@ class Detector:
                     interp_cache[t] = step.interpolate(t)
             return interp_cache[t]
 
-        # The earliest terminal crossing: the first root of min over candidates of g·sign(before).
+        # Terminal crossings. Without per_sample: the earliest one, the first root of
+        # min over candidates of g·sign(before), ends the solve. Per sample: every sample that
+        # crosses is located on its own and the segment ends at the step's end, where the
+        # driver freezes those samples at their event states (one restart per step, not per sample).
         term = [k for k, ev in enumerate(self.events) if ev.terminal and any_fire[k]]
         t_stop = None
         if term:
-            def h(t: float) -> float:
-                v = self._values(t, state_at(t), term)
-                return min(float((v[k] * self.last[k])[fires[k]].min()) for k in term)
-            h0 = min(float((self.start_values[k] * self.last[k])[fires[k]].min()) for k in term)
-            a, b = bracket_root(h, t0, t1, h0, h(t1))
-            # Stop just before the crossing (g keeps its sign there), so a solve restarted from the
-            # event state, e.g. a ball after its bounce, does not see the same crossing again;
-            # on an exact zero, stop there (a restart on zero sees no crossing either).
-            t_stop = b if (h(b) == 0 or not a > t0) else a
-            v = self._values(b, state_at(b), term)
-            by_sample: Dict[int, Tuple[Firing, float]] = {}
-            for k in term:
-                crossed = v[k] * self.last[k]
-                hit = fires[k] & (crossed <= 0)
-                for smp, e in hit.nonzero().tolist():  # one firing per sample: the most crossed value
-                    val = float(crossed[smp, e])
-                    if smp not in by_sample or val < by_sample[smp][1]:
-                        by_sample[smp] = (Firing(t_stop, k, smp, e, True), val)
-            self.stopped = [fv[0] for fv in by_sample.values()]
+            samples = sorted({b for k in term for b in fires[k].any(dim=1).nonzero().flatten().tolist()}) \
+                if self.per_sample else [None]
+            for smp in samples:
+                rows = slice(None) if smp is None else slice(smp, smp + 1)
+
+                def h(t: float, rows=rows) -> float:
+                    v = self._values(t, state_at(t), term)
+                    return min(float((v[k] * self.last[k])[rows][fires[k][rows]].min()) for k in term
+                               if bool(fires[k][rows].any()))
+                h0 = min(float((self.start_values[k] * self.last[k])[rows][fires[k][rows]].min()) for k in term
+                         if bool(fires[k][rows].any()))
+                a, b = bracket_root(h, t0, t1, h0, h(t1))
+                # Stop just before the crossing (g keeps its sign there), so a solve restarted from
+                # the event state, e.g. a ball after its bounce, does not see the same crossing
+                # again; on an exact zero, stop there (a restart on zero sees no crossing either).
+                t_event = b if (h(b) == 0 or not a > t0) else a
+                v = self._values(b, state_at(b), term)
+                by_sample: Dict[int, Tuple[Firing, float]] = {}
+                for k in term:
+                    crossed = v[k] * self.last[k]
+                    hit = fires[k] & (crossed <= 0)
+                    if smp is not None:
+                        hit[:smp] = False
+                        hit[smp + 1:] = False
+                    for sm, e in hit.nonzero().tolist():  # one firing per sample: the most crossed value
+                        val = float(crossed[sm, e])
+                        if sm not in by_sample or val < by_sample[sm][1]:
+                            by_sample[sm] = (Firing(t_event, k, sm, e, True), val)
+                self.stopped.extend(fv[0] for fv in by_sample.values())
+            self.stopped.sort(key=lambda f: f.t)
+            t_stop = t1 if self.per_sample else self.stopped[0].t
+            self.end_state = step.y1
         end = t1 if t_stop is None else t_stop
 
         # Every non-terminal crossing before the stop.
@@ -396,6 +413,9 @@ class Detector:
                 ge = float(self._values(end, state_at(end), [k])[k][b, e]) * sgn
                 _, tr = bracket_root(g, t0, end, float(g0[b, e]) * sgn, ge)
                 found.append(Firing(tr, k, b, e, False))
+        if self.per_sample and self.stopped:
+            own = {f.sample: f.t for f in self.stopped}
+            found = [f for f in found if f.t <= own.get(f.sample, math.inf)]
         found.sort(key=lambda f: f.t)
         for f in found + self.stopped:  # the states there, with the graph of the solve when it has one
             f.y = step.y1 if f.t == t1 else step.interpolate(f.t)
@@ -464,6 +484,7 @@ class _Segment:
     outputs: List[int]
     firings: List[Firing]
     stopped: List[Firing]
+    end_state: Optional[torch.Tensor] = None  # per sample: the state at t_end before the freeze
 
 
 @dataclass
@@ -582,14 +603,17 @@ class EventSolve:
                 if problem.method.adaptive and sol.stats.final_step:
                     options = _with_first_step(problem.options, sol.stats.final_step)
                 continue
-            y = stopped[0].y  # the state where they stopped (every stopped firing has the same time)
-            if not self.replay:
-                for f in stopped:
-                    T, y_T = self._implicit(f, func, base=y)
-                    run.times[id(f)], run.states[id(f)] = T, y_T
-                    y = y_T
             if not self.per_sample:
+                y = stopped[0].y  # the state where the solve stopped
+                if not self.replay:
+                    f = stopped[0]
+                    run.times[id(f)], run.states[id(f)] = self._implicit(f, func)
+                    y = run.states[id(f)]
                 break
+            seg.end_state = self.detector.end_state
+            y = self._freeze(run, seg, seg.end_state, func, implicit=not self.replay)
+            if problem.method.adaptive and sol.stats.final_step:  # go on with the step size reached
+                options = _with_first_step(problem.options, sol.stats.final_step)
             for f in stopped:
                 active[f.sample] = False
             t_start, first = t_reached, False
@@ -602,14 +626,27 @@ class EventSolve:
         run.final = y
         return run
 
-    def _implicit(self, f: Firing, func: Callable, base: Optional[torch.Tensor] = None):
-        """IFT tensors of one firing; ``base`` (a full state) gets that sample's ``f dT`` term."""
-        fn = self.fns[f.event]
-        T, y_T = implicit_time(fn, f.sample, f.element, func, f.t, f.y)
-        if base is not None and base is not f.y:
-            y_T = base + (y_T - f.y)  # only sample f.sample moves (the mask in implicit_time)
+    def _implicit(self, f: Firing, func: Callable):
+        """IFT tensors ``(T, y(T))`` of one firing (internal time and state)."""
         self.detector.n_eval += 1
-        return T, y_T
+        return implicit_time(self.fns[f.event], f.sample, f.element, func, f.t, f.y)
+
+    def _freeze(self, run: _Run, seg: _Segment, y: torch.Tensor, func: Callable, implicit: bool) -> torch.Tensor:
+        """Per sample: the state to restart from at ``seg.t_end`` (``y`` there), with each stopped
+        sample put back to its event state; outputs after a sample's event get that state too."""
+        ts = self.problem.t.detach().tolist()
+        for f in seg.stopped:
+            if implicit:
+                run.times[id(f)], run.states[id(f)] = self._implicit(f, func)
+            y_T = run.states.get(id(f), f.y)
+            one = torch.zeros(self.layout.n, dtype=torch.bool, device=y.device)
+            one[f.sample] = True
+            mask = self.layout.keep(one, y).to(torch.bool)
+            y = torch.where(mask, y_T, y)
+            for i in seg.outputs:
+                if ts[i] > f.t:
+                    run.outputs[i] = torch.where(mask, y_T, run.outputs[i])
+        return y
 
     # ------------------------------------------------------------------ phase 2
     def replay_segments(self, run: _Run) -> None:
@@ -652,13 +689,17 @@ class EventSolve:
             for f in firings:
                 f.y = _graft(f.y, rows[f.t])
                 run.times[id(f)], run.states[id(f)] = self._implicit(f, func)
-            y = _graft(stopped[0].y if stopped else run.final, rows[t_end])
-            base = y
-            for f in stopped:
-                f.y = base
-                T, y_T = self._implicit(f, func, base=y)
-                run.times[id(f)], run.states[id(f)] = T, y_T
-                y = y_T
+            if not stopped:
+                y = _graft(run.final, rows[t_end])
+            elif not self.per_sample:
+                f = stopped[0]
+                f.y = _graft(f.y, rows[t_end])
+                run.times[id(f)], run.states[id(f)] = self._implicit(f, func)
+                y = run.states[id(f)]
+            else:
+                for f in stopped:
+                    f.y = _graft(f.y, rows[f.t])
+                y = self._freeze(run, group[-1], _graft(group[-1].end_state, rows[t_end]), func, implicit=True)
             first = False
         run.final = y
 
