@@ -24,6 +24,11 @@ _EXPORTS: dict[str, str] = {
     "load_mnist": "mnist",
     "load_cifar10": "cifar10",
     "load_digits": "digits",
+    "load_cifar100": "cifar100",
+    # single-image depth: rendered scenes, real Middlebury scenes
+    "load_depth_scenes": "render",
+    "load_aloe": "middlebury",
+    "load_motorcycle": "middlebury",
     # generated data
     "load_toy2d": "toy2d",
     "make_toy2d": "toy2d",

@@ -59,11 +59,12 @@ _BATCHES = {
 }
 
 
-def parse_cifar_batch(data: bytes | Path | str) -> tuple[np.ndarray, np.ndarray]:
-    """Parse one CIFAR-10 python batch (a pickled dict with ``data`` and ``labels``).
+def parse_cifar_batch(data: bytes | Path | str, label_key: str = "labels") -> tuple[np.ndarray, np.ndarray]:
+    """Parse one CIFAR python batch (a pickled dict with ``data`` and ``label_key``).
 
-    Accepts the raw bytes or a path. Returns images ``(N, 3, 32, 32)`` uint8 and labels
-    ``(N,)`` int64. Only call it on verified files: it unpickles.
+    ``label_key``: ``"labels"`` for CIFAR-10, ``"fine_labels"`` / ``"coarse_labels"`` for
+    CIFAR-100. Accepts the raw bytes or a path. Returns images ``(N, 3, 32, 32)`` uint8 and
+    labels ``(N,)`` int64. Only call it on verified files: it unpickles.
     """
     if isinstance(data, (str, Path)):
         source = str(data)
@@ -74,10 +75,10 @@ def parse_cifar_batch(data: bytes | Path | str) -> tuple[np.ndarray, np.ndarray]
     if not isinstance(d, dict):
         raise ValueError(f"{source}: a CIFAR batch is a dict; got {type(d).__name__}")
     d = {k.decode() if isinstance(k, bytes) else k: v for k, v in d.items()}
-    if "data" not in d or "labels" not in d:
-        raise ValueError(f"{source}: CIFAR batch lacks 'data'/'labels' (keys: {sorted(d)})")
+    if "data" not in d or label_key not in d:
+        raise ValueError(f"{source}: CIFAR batch lacks 'data'/{label_key!r} (keys: {sorted(d)})")
     x = np.asarray(d["data"], dtype=np.uint8)
-    y = np.asarray(d["labels"], dtype=np.int64)
+    y = np.asarray(d[label_key], dtype=np.int64)
     if x.ndim != 2 or x.shape[1] != 3 * 32 * 32 or len(x) != len(y):
         raise ValueError(f"{source}: data {x.shape} / labels {y.shape} are not CIFAR-shaped")
     return x.reshape(-1, 3, 32, 32), y

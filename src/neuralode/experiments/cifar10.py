@@ -1,13 +1,25 @@
-"""ODE-Net vs ResNet on CIFAR-10: test accuracy, per-class precision / recall / F1, loss curves.
+"""ODE-Net vs ResNet on CIFAR-10: test accuracy, per-class precision / recall / F1, cost, loss curves.
 
-The classifier is Chen et al.'s MNIST architecture with three input channels. Data: the
-canonical CIFAR-10 python batches when present, otherwise the lossy JPEG (q75) copy — the
-report then says "CIFAR-10 (JPEG copy)", and its accuracies are not directly comparable with
-published CIFAR-10 numbers.
+Two families of models (``variants``):
+
+* Chen et al.'s MNIST architecture with three input channels: ``odenet``, ``resnet`` (six
+  residual blocks), ``rknet`` (``all`` names the three);
+* ResNet-18/34-depth networks (:mod:`neuralode.nn.deep_classifier`, CIFAR layout: stride-1
+  stem, four stages at widths w, 2w, 4w, 8w with ``w = deep_width``) whose stages are residual
+  blocks (``resnet18``/``resnet34``), one ODE stage each (``odenet18``/``odenet34``) or the
+  fixed-step RK-Net twin (``rknet18``/``rknet34``); ``deep18`` / ``deep34`` name each trio.
+
+Reported per model: test accuracy, macro F1 and per-class P/R/F1, parameters, peak training
+memory, activations saved for backward, training and inference images/s, forward/backward NFE.
+
+Data: the canonical CIFAR-10 python batches when present, otherwise the lossy JPEG (q75) copy —
+the report then says "CIFAR-10 (JPEG copy)", and its accuracies are not directly comparable with
+published CIFAR-10 numbers. ``cifar100`` (:mod:`neuralode.experiments.cifar100`) shares this code.
 
 Full configuration (GPU): 100 epochs, SGD lr 0.1 (cosine), batch 128, random crop + flip.
 Quick configuration (CPU): 10,000 training images, two epochs, Adam, the ODE-Net with a
-cheap fixed-step solver; evaluated on all 10,000 test images.
+cheap fixed-step solver; evaluated on all 10,000 test images. ResNet-18 depth on the CPU:
+``--quick --set variants=deep18 --set deep_width=16``.
 """
 
 from __future__ import annotations
@@ -20,8 +32,11 @@ from neuralode.experiments.registry import register
 
 
 @dataclass
-class Config:
-    variants: str = "odenet,resnet"
+class CifarConfig:
+    """Settings shared by ``cifar10`` and ``cifar100``."""
+
+    variants: str = "odenet,resnet"   # odenet, resnet, rknet, all; resnet18/odenet18/rknet18 (deep18), *34 (deep34)
+    deep_width: int = 64              # first-stage width of the ResNet-18/34-depth variants
     method: str = "dopri5"
     rtol: float = 1e-3
     atol: float = 1e-3
@@ -43,13 +58,17 @@ class Config:
     checkpoint_every: int = 500
     max_train: int | None = None
     max_test: int | None = None
-    source: str = "auto"            # "auto", "pickle" (canonical) or "jpeg" (the JPEG copy)
 
     @classmethod
-    def quick(cls) -> "Config":
+    def quick(cls) -> "CifarConfig":
         return cls(method="rk4", step_size=0.5, epochs=2.0, optimizer="adam", lr=2e-3,
                    weight_decay=0.0, warmup_steps=20, augment=False, flip=False, eval_every=0.0,
                    log_every=10, checkpoint_every=100, max_train=10_000)
+
+
+@dataclass
+class Config(CifarConfig):
+    source: str = "auto"            # "auto", "pickle" (canonical) or "jpeg" (the JPEG copy)
 
 
 def per_class_table(results: dict[str, dict], classes: list[str]) -> tuple[list[dict], dict[str, Any]]:
@@ -67,14 +86,16 @@ def per_class_table(results: dict[str, dict], classes: list[str]) -> tuple[list[
     return rows, macro
 
 
-def run(config: Config, run: Run) -> dict[str, Any]:
-    from neuralode.data.cifar10 import load_cifar10
+COST_COLUMNS = ["model", "test_accuracy", "macro_f1", "params", "peak_memory_mb", "saved_activations_mb",
+                "train_images_per_s", "infer_images_per_s", "time_per_epoch_s", "nfe_forward", "nfe_backward"]
+
+
+def run_classification(config: CifarConfig, run: Run, train: Any, test: Any) -> dict[str, Any]:
+    """Train ``config.variants`` on ``train``, evaluate on ``test``, write the report; the headline dict."""
     from neuralode.experiments import image_training as it
     from neuralode.io import atomic_write_json
     from neuralode.report.markdown import image, metrics_table
 
-    train = load_cifar10("train", source=config.source)
-    test = load_cifar10("test", source=config.source)
     results = it.train_variants(config, run, "cifar10", train, test)
     it.save_results_json(run, results)
     rows, macro = per_class_table(results, test.classes)
@@ -83,28 +104,38 @@ def run(config: Config, run: Run) -> dict[str, Any]:
         fig = run.save_figure(it.loss_curve_figure(results, f"{train.name}: training loss"), "loss.png")
         n_train = min(len(train), config.max_train or len(train))
         n_test = len(next(iter(results.values()))["labels"])
+        first = next(iter(results.values()))
         run.write_report(
-            f"# {train.name}: ODE-Net vs ResNet\n\n"
+            f"# {train.name}: ODE-Net vs ResNet (and RK-Net)\n\n"
             f"{config.epochs:g} epochs on {n_train} training images, evaluated on {n_test} test images "
-            f"({train.name}). ODE-Net: {config.method}"
+            f"({train.name}), batch {config.batch_size}, {config.optimizer} lr {config.lr:g}, device {run.device}. "
+            f"ODE-Net: {config.method}"
             + (f" step {config.step_size:g}" if config.step_size else f" rtol={config.rtol:g}")
-            + f", {config.gradient} gradients.\n\n"
-            + metrics_table([{**r, "test_accuracy": r["test_accuracy"], "macro_f1": macro[f"{v}_macro_f1"]}
-                             for v, r in results.items()],
-                            ["model", "test_accuracy", "macro_f1", "params", "peak_memory_mb",
-                             "time_per_epoch_s", "nfe_forward", "nfe_backward"])
+            + f", {config.gradient} gradients; RK-Net: rk4 step {config.rk_step:g}, direct backprop; "
+            f"ResNet-18/34-depth variants at first-stage width {config.deep_width}.\n\n"
+            + metrics_table([{**r, "macro_f1": macro[f"{v}_macro_f1"]} for v, r in results.items()], COST_COLUMNS)
+            + f"\nMemory in MiB ({first['memory_kind']} during training; activations saved for backward by one "
+            "step); NFE: mean function evaluations per training step, summed over ODE stages (0 for ResNets; "
+            "backward 0 for direct backprop).\n"
             + "\n## Per-class precision (P), recall (R), F1\n\n" + metrics_table(rows, digits=3)
             + "\n" + image(fig, "training loss")
         )
     out = {"dataset": train.name, **macro}
     for v, r in results.items():
-        out[f"{v}_test_accuracy"] = r["test_accuracy"]
-        out[f"{v}_params"] = r["params"]
-        out[f"{v}_time_per_epoch_s"] = r["time_per_epoch_s"]
-        out[f"{v}_nfe_forward"] = r["nfe_forward"]
+        for k in ("test_accuracy", "params", "peak_memory_mb", "train_images_per_s", "infer_images_per_s",
+                  "time_per_epoch_s", "nfe_forward", "nfe_backward"):
+            out[f"{v}_{k}"] = r[k]
     return out
 
 
+def run(config: Config, run: Run) -> dict[str, Any]:
+    from neuralode.data.cifar10 import load_cifar10
+
+    train = load_cifar10("train", source=config.source)
+    test = load_cifar10("test", source=config.source)
+    return run_classification(config, run, train, test)
+
+
 register("cifar10", config=Config, run=run,
-         description="ODE-Net vs ResNet on CIFAR-10 (or its JPEG copy): accuracy, per-class P/R/F1, loss curves",
+         description="ODE-Net vs ResNet (Chen's network, ResNet-18/34 depths, RK twins) on CIFAR-10: accuracy, P/R/F1, cost",
          quick_time="~5 min (CPU)", in_demo=False)

@@ -341,6 +341,7 @@ def train_classifier(
     see :func:`resume_results`). On resume, training continues from the checkpoint if it was
     taken while training ``tag``. Returns a dict with ``test_accuracy``, ``test_error``,
     ``params``, ``peak_memory_mb``, ``saved_activations_mb``, ``time_per_epoch_s``,
+    ``train_images_per_s``, ``infer_images_per_s``,
     ``nfe_forward``, ``nfe_backward``, ``loss_curve`` (``[[step, loss], ...]``),
     ``eval_curve`` and ``predictions`` / ``labels`` of the test set.
     """
@@ -427,7 +428,9 @@ def train_classifier(
             run.save_checkpoint(state())
     bar.close()
     peak = _all_max(meter.peak(), device)
+    t_eval = time.perf_counter()
     preds = evaluate(net, test, norm, device, s.eval_batch_size)
+    t_eval = time.perf_counter() - t_eval
     test_acc = (preds == test.labels).float().mean().item()
     evals.append([step, test_acc])
     run.log(step, **{f"{tag}/test_accuracy": test_acc})
@@ -442,6 +445,9 @@ def train_classifier(
         "memory_kind": meter.kind,
         "saved_activations_mb": acc["saved_bytes"] / 2**20,
         "time_per_epoch_s": acc["train_time"] / max(epochs_done, 1e-12) if acc["nfe_steps"] else None,
+        "train_images_per_s": (acc["nfe_steps"] * s.batch_size / acc["train_time"]
+                               if acc["nfe_steps"] and acc["train_time"] > 0 else None),
+        "infer_images_per_s": len(test) / max(t_eval, 1e-12),
         "epochs": s.epochs,
         "steps": step,
         "nfe_forward": acc["nfe_f"] / n,
@@ -475,18 +481,28 @@ def save_finished(run: Any, results: dict[str, Any], model: nn.Module | None = N
 
 
 def parse_variants(spec: str) -> list[str]:
-    """``"all"`` or a comma-separated subset of odenet, resnet, rknet."""
+    """``"all"`` (odenet, resnet, rknet: Chen et al.'s network), ``"deep18"`` / ``"deep34"``
+    (resnet, odenet and rknet at ResNet-18/34 depth) or a comma list of those names."""
+    from neuralode.nn.deep_classifier import DEEP_VARIANTS
     from neuralode.nn.image import FEATURE_BLOCKS
 
-    names = list(FEATURE_BLOCKS) if spec == "all" else [v.strip() for v in spec.split(",") if v.strip()]
-    bad = [v for v in names if v not in FEATURE_BLOCKS]
+    groups = {"all": list(FEATURE_BLOCKS), "deep18": [v for v in DEEP_VARIANTS if v.endswith("18")],
+              "deep34": [v for v in DEEP_VARIANTS if v.endswith("34")]}
+    names: list[str] = []
+    for v in (v.strip() for v in spec.split(",")):
+        for name in groups.get(v, [v] if v else []):
+            if name not in names:
+                names.append(name)
+    allowed = (*FEATURE_BLOCKS, *DEEP_VARIANTS)
+    bad = [v for v in names if v not in allowed]
     if bad or not names:
-        raise ValueError(f"variants={spec!r}; expected 'all' or a comma list of {', '.join(FEATURE_BLOCKS)}")
+        raise ValueError(f"variants={spec!r}; expected 'all', 'deep18', 'deep34' or a comma list of "
+                         f"{', '.join(allowed)}")
     return names
 
 
 def model_kwargs(config: Any, variant: str) -> dict[str, Any]:
-    """Solver settings of a variant from an experiment Config (fields method, rtol, atol, ...)."""
+    """Solver settings of a Chen-network variant from an experiment Config (fields method, rtol, atol, ...)."""
     if variant == "resnet":
         return {}
     if variant == "rknet":
@@ -498,13 +514,29 @@ def model_kwargs(config: Any, variant: str) -> dict[str, Any]:
     return kw
 
 
+def make_variant(config: Any, variant: str, dataset: str, n_classes: int, in_channels: int = 3) -> nn.Module:
+    """The model of ``variant``: Chen et al.'s classifier or a ResNet-18/34-depth one (``deep_width``)."""
+    from neuralode.nn.deep_classifier import DEEP_VARIANTS, make_deep_classifier
+    from neuralode.nn.image import make_image_classifier
+
+    if variant in DEEP_VARIANTS:
+        kw: dict[str, Any] = {"width": getattr(config, "deep_width", 64), "rk_step": getattr(config, "rk_step", 0.25)}
+        if variant.startswith("odenet"):
+            kw.update(method=config.method, rtol=config.rtol, atol=config.atol, gradient=config.gradient,
+                      step_size=getattr(config, "step_size", None))
+        return make_deep_classifier(variant, n_classes=n_classes, in_channels=in_channels, **kw)
+    return make_image_classifier(variant, dataset, n_classes=n_classes, **model_kwargs(config, variant))
+
+
 def train_variants(config: Any, run: Any, dataset: str, train: ImageSet, test: ImageSet) -> dict[str, dict]:
     """Train every variant named by ``config.variants`` in turn; resumable between and within models.
+
+    Variants: Chen et al.'s ``odenet``/``resnet``/``rknet`` and the ResNet-18/34-depth ones of
+    :mod:`neuralode.nn.deep_classifier` (width from ``config.deep_width``, default 64).
 
     Returns ``{variant: metrics}`` (see :func:`train_classifier`).
     """
     from neuralode.experiments.base import init_distributed
-    from neuralode.nn.image import make_image_classifier
 
     run.device = init_distributed(run.device)
     variants = parse_variants(config.variants)
@@ -514,8 +546,7 @@ def train_variants(config: Any, run: Any, dataset: str, train: ImageSet, test: I
             run.info(f"{variant}: already finished in the resumed run")
             continue
         torch.manual_seed(run.seed + i)  # same initialisation on every rank and every resume
-        model = make_image_classifier(variant, dataset, n_classes=len(train.classes),
-                                      **model_kwargs(config, variant))
+        model = make_variant(config, variant, dataset, len(train.classes), train.images.shape[1])
         run.info(f"{variant}: {sum(p.numel() for p in model.parameters())} parameters")
         results[variant] = train_classifier(model, train, test, settings_from(config), run,
                                             tag=variant, extra={"results": results})
