@@ -29,6 +29,7 @@ from typing import Any
 
 from neuralode.experiments.base import Run
 from neuralode.experiments.registry import register
+from neuralode.report.headlines import Headline, declare
 
 
 @dataclass
@@ -135,6 +136,13 @@ def run(config: Config, run: Run) -> dict[str, Any]:
     test = load_cifar10("test", source=config.source)
     return run_classification(config, run, train, test)
 
+
+declare("cifar10",
+        Headline("odenet_test_accuracy", "ODE-Net test accuracy (%)", goal="info", scale=100),
+        Headline("resnet_test_accuracy", "ResNet test accuracy (%)", goal="info", scale=100),
+        Headline("odenet_nfe_forward", "ODE-Net forward NFE", goal="info"),
+        Headline("odenet18_test_accuracy", "ODE-Net (ResNet-18 depth) test accuracy (%)", goal="info", scale=100),
+        Headline("resnet18_test_accuracy", "ResNet-18 test accuracy (%)", goal="info", scale=100))
 
 register("cifar10", config=Config, run=run,
          description="ODE-Net vs ResNet (Chen's network, ResNet-18/34 depths, RK twins) on CIFAR-10: accuracy, P/R/F1, cost",

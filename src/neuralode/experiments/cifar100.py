@@ -19,6 +19,7 @@ from typing import Any
 from neuralode.experiments.base import Run
 from neuralode.experiments.cifar10 import CifarConfig, run_classification
 from neuralode.experiments.registry import register
+from neuralode.report.headlines import Headline, declare
 
 
 @dataclass
@@ -33,6 +34,12 @@ def run(config: Config, run: Run) -> dict[str, Any]:
     test = load_cifar100("test", labels=config.labels)
     return run_classification(config, run, train, test)
 
+
+declare("cifar100",
+        Headline("odenet_test_accuracy", "ODE-Net test accuracy (%)", goal="info", scale=100),
+        Headline("resnet_test_accuracy", "ResNet test accuracy (%)", goal="info", scale=100),
+        Headline("odenet18_test_accuracy", "ODE-Net (ResNet-18 depth) test accuracy (%)", goal="info", scale=100),
+        Headline("resnet18_test_accuracy", "ResNet-18 test accuracy (%)", goal="info", scale=100))
 
 register("cifar100", config=Config, run=run,
          description="ODE-Net vs ResNet (Chen's network, ResNet-18/34 depths, RK twins) on CIFAR-100: accuracy, P/R/F1, cost",

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from neuralode.experiments.base import Run
 from neuralode.experiments.registry import register
+from neuralode.report.headlines import Headline, declare
 
 ENCODERS = ("vgg", "odenet")
 REAL_SCENES = ("aloe", "motorcycle")
@@ -383,6 +384,9 @@ def run(config: Config, run: Run) -> dict[str, Any]:
             out[f"{e}_{key}_abs_rel"] = r[key]["abs_rel"]
     for key in real:
         out[f"mean_map_{key}_abs_rel"] = base_real[key]["abs_rel"]
+    if "vgg" in results and "odenet" in results:
+        out["abs_rel_ratio"] = results["odenet"]["test"]["abs_rel"] / results["vgg"]["test"]["abs_rel"]
+        out["encoder_params_ratio"] = results["odenet"]["encoder_params"] / results["vgg"]["encoder_params"]
     return out
 
 
@@ -412,6 +416,13 @@ def _load_real(keys: list[str], run: Run) -> dict[str, Any]:
             run.info(f"zero-shot scene {key!r} skipped: {exc}")
     return out
 
+
+declare("depth",
+        Headline("abs_rel_ratio", "AbsRel, ODE encoder / VGG encoder", 1.10, "at_most", source="issue 11 target"),
+        Headline("encoder_params_ratio", "encoder parameters, ODE / VGG", 1.0, "at_most", source="issue 11 target"),
+        Headline("odenet_abs_rel", "AbsRel, ODE encoder (held-out scenes)", goal="info"),
+        Headline("vgg_abs_rel", "AbsRel, VGG encoder (held-out scenes)", goal="info"),
+        Headline("mean_map_abs_rel", "AbsRel, training mean depth map", goal="info"))
 
 register("depth", config=Config, run=run,
          description="single-image depth on rendered scenes: VGG (vgg11_bn) vs ODE-Net encoder; zero-shot on Middlebury",
