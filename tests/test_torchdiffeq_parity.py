@@ -107,6 +107,31 @@ def test_complex_states_decreasing_time_and_direct_gradients():
     torch.testing.assert_close(g[1], expected, rtol=1e-6, atol=1e-9)
 
 
+class _Schrodinger(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(1.0, dtype=F64))
+        self.H = torch.tensor([[1.0, 0.5 - 0.25j], [0.5 + 0.25j, -0.7]], dtype=torch.complex128)
+
+    def forward(self, t, psi):
+        return -1j * self.w * (self.H @ psi)
+
+
+def test_complex_states_give_the_same_gradients_by_every_strategy():
+    t = torch.tensor([0.0, 1.3], dtype=F64)
+    grads = {}
+    for gradient in ("direct", "adjoint", "checkpoint"):
+        func = _Schrodinger()
+        psi0 = torch.tensor([1.0, 0.5j], dtype=torch.complex128, requires_grad=True)
+        ys = solve(func, psi0, t, gradient=gradient, rtol=1e-10, atol=1e-12).ys
+        (ys[-1, 0].abs() ** 2).backward()
+        grads[gradient] = (func.w.grad, psi0.grad)
+    assert grads["direct"][0].dtype == F64 and grads["direct"][1].dtype == torch.complex128
+    for gradient in ("adjoint", "checkpoint"):
+        for g, e in zip(grads[gradient], grads["direct"]):
+            torch.testing.assert_close(g, e, rtol=1e-7, atol=1e-9)
+
+
 # --------------------------------------------------------------------------- options and callbacks
 
 def test_norm_option_on_a_fixed_step_method_is_ignored():
@@ -222,3 +247,46 @@ def test_odeint_adjoint_finds_the_parameters_of_a_data_parallel_replica():
     for p, e in zip(func.parameters(), expected):
         assert p.grad is not None, "the adjoint found no parameters on the replica"
         torch.testing.assert_close(p.grad, e, rtol=1e-6, atol=1e-8)
+    # ... and it is the adjoint that gives them (a backward solve ran), not backprop through the
+    # forward solve, which a strategy that found no parameters falls back to.
+    sol = solve(_replica(func), y0, t, gradient="adjoint")
+    sol.ys[-1].pow(2).sum().backward()
+    assert sol.stats.nfe_backward > 0
+
+
+# --------------------------------------------------------------------------- odeint_dense
+
+@pytest.mark.parametrize("t0,t1", [(0.0, 3.0), (3.0, -1.0)], ids=["forward", "backward"])
+def test_odeint_dense_gives_the_solution_anywhere_in_the_span(t0, t1):
+    import torchdiffeq  # the test extra installs it
+
+    def osc(t, y):
+        return torch.stack([y[1], -y[0]])
+
+    y0 = torch.tensor([1.0, 0.0], dtype=F64)
+    dense = neuralode.odeint_dense(osc, y0, torch.tensor(t0, dtype=F64), torch.tensor(t1, dtype=F64),
+                                   rtol=1e-10, atol=1e-12)
+    for s in torch.linspace(t0, t1, 13, dtype=F64):
+        exact = torch.stack([torch.cos(s - t0), -torch.sin(s - t0)])
+        torch.testing.assert_close(dense(s), exact, rtol=0, atol=1e-8)
+    if t0 < t1:  # torchdiffeq's only handles increasing time
+        theirs = torchdiffeq.odeint_dense(osc, y0, torch.tensor(t0, dtype=F64), torch.tensor(t1, dtype=F64),
+                                          rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(dense(torch.tensor(1.7, dtype=F64)), theirs(torch.tensor(1.7, dtype=F64)),
+                                   rtol=0, atol=1e-8)
+    with pytest.raises(ValueError, match="outside the solved span"):
+        dense(torch.tensor(t1 + (1.0 if t1 > t0 else -1.0), dtype=F64))
+
+
+def test_odeint_dense_is_differentiable_in_time_and_handles_tuples():
+    def field(t, state):
+        x, v = state
+        return v, -x
+
+    dense = neuralode.odeint_dense(field, (torch.ones(1, dtype=F64), torch.zeros(1, dtype=F64)),
+                                   torch.tensor(0.0, dtype=F64), torch.tensor(2.0, dtype=F64), rtol=1e-10, atol=1e-12)
+    s = torch.tensor(1.1, dtype=F64, requires_grad=True)
+    x, v = dense(s)
+    (dx,) = torch.autograd.grad(x.sum(), s)
+    torch.testing.assert_close(dx, -torch.sin(s.detach()), rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(v[0], -torch.sin(s.detach()), rtol=0, atol=1e-8)

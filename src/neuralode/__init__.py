@@ -5,7 +5,7 @@ Public names only; everything else is private and may change.
 from .errors import SolverError
 from .events import Event, EventRecord, odeint_event
 from .solution import Solution, SolveStats, Status
-from .solve import odeint, solve
+from .solve import odeint, odeint_dense, solve
 from .tableaus import ADAPTIVE_METHODS, FIXED_METHODS, METHODS, ButcherTableau
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "odeint_event",
     "Event",
     "EventRecord",
+    "odeint_dense",
     "solve",
     "Solution",
     "SolveStats",

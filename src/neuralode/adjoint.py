@@ -392,7 +392,8 @@ class _BackwardSolver:
             t_grad[0] = -torch.dot(f.reshape(-1), a).to(t.dtype)
         g0 = grad_ys[0].reshape(-1)
         a = g0.clone() if a is None else a.add_(g0)
-        param_grads = [g.view_as(p).to(p.dtype) for g, p in zip(gp.split(self.field.sizes), self.params)]
+        param_grads = [(g.real if g.is_complex() and not p.is_complex() else g).view_as(p).to(p.dtype)
+                       for g, p in zip(gp.split(self.field.sizes), self.params)]
         return (a.view(self.shape) if need_y0 else None), t_grad, param_grads
 
 

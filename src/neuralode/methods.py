@@ -83,3 +83,10 @@ def method_names() -> Tuple[str, ...]:
 
 for _tab in TABLEAUS.values():
     register(rk_method(_tab))
+
+# Other families, each in its own module (imported here so that every name resolves).
+from .adams import METHODS as _ADAMS  # noqa: E402
+from .scipy_solver import SCIPY_SOLVER  # noqa: E402
+
+for _method in (*_ADAMS, SCIPY_SOLVER):
+    register(_method)

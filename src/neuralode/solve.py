@@ -1,12 +1,17 @@
-"""The public entries: :func:`solve` (statistics and status) and :func:`odeint` (torchdiffeq's)."""
+"""The public entries: :func:`solve` (statistics and status), and torchdiffeq's :func:`odeint` and
+:func:`odeint_dense`."""
 from __future__ import annotations
+
+import bisect
 
 from typing import Any, Callable, Dict, Optional
 
 import torch
+from torch import nn
 
 from .errors import SolverError
 from .gradient import resolve_gradient
+from .integrate import integrate
 from .problem import make_problem
 from .solution import Solution, TensorOrTuple
 
@@ -52,6 +57,8 @@ def solve(
         :class:`Solution` with ``ys`` of shape ``(len(t), *y0.shape)``, ``stats`` and ``status``.
     """
     problem = make_problem(func, y0, t, method=method, rtol=rtol, atol=atol, options=options, on_failure=on_failure)
+    if not problem.method.differentiable:
+        _refuse_gradients(problem, func, gradient)
     strategy = resolve_gradient(gradient)
     if events is not None:
         from .events import solve_with_events
@@ -67,6 +74,24 @@ def solve(
     if isinstance(t, torch.Tensor):
         solution.ts = t[:len(solution.ts)]
     return solution
+
+
+def _refuse_gradients(problem, func, gradient) -> None:
+    """A forward-only method (the SciPy bridge) cannot give gradients: say so when any are asked for."""
+    wanted = []
+    if gradient != "direct":
+        wanted.append(f"gradient={gradient!r}")
+    if torch.is_grad_enabled():
+        if problem.y0.requires_grad:
+            wanted.append("y0 requires grad")
+        if problem.t.requires_grad:
+            wanted.append("t requires grad")
+        if isinstance(func, nn.Module) and any(p.requires_grad for p in func.parameters()):
+            wanted.append("parameters of func require grad")
+    if wanted:
+        raise ValueError(f"method '{problem.method.name}' is forward only (no gradient flows through it), but "
+                         f"{', '.join(wanted)}; solve under torch.no_grad() (or detach y0 and t and freeze the "
+                         f"parameters), or use a method of this package for gradients")
 
 
 def _failure_detail(solution: Solution, problem) -> str:
@@ -114,3 +139,55 @@ def solve_until_event(func: Callable, y0: TensorOrTuple, t: torch.Tensor, event_
     problem = make_problem(func, y0, t, method=method, rtol=rtol, atol=atol, options=options)
     event_t, ys = run(problem, event_fn, resolve_gradient(gradient))
     return event_t, problem.unpack(ys)
+
+
+def odeint_dense(
+    func: Callable,
+    y0: TensorOrTuple,
+    t0: Any,
+    t1: Any,
+    *,
+    rtol: Any = 1e-7,
+    atol: Any = 1e-9,
+    method: Optional[str] = None,
+    options: Optional[Dict[str, Any]] = None,
+) -> Callable[[Any], TensorOrTuple]:
+    """torchdiffeq's ``odeint_dense``: solve from ``t0`` to ``t1`` and return ``dense(t)``, the
+    solution at any scalar time ``t`` between them from the accepted steps' dense output.
+
+    Like torchdiffeq's (dopri5 only there), the steps are those of a solve to ``t1``; here every
+    method of the package but ``scipy_solver`` works, ``t1 < t0`` is allowed, tuple states too,
+    and ``dense(t)`` is differentiable (direct backprop) with respect to ``t``, ``y0`` and the
+    parameters. A time outside ``[t0, t1]`` is a ValueError.
+    """
+    t0 = torch.as_tensor(t0)
+    t = torch.stack([t0, torch.as_tensor(t1).to(t0)]) if t0.is_floating_point() else torch.tensor([float(t0), float(t1)])
+    problem = make_problem(func, y0, t, method=method, rtol=rtol, atol=atol, options=options)
+    if problem.method.integrate is not None:
+        raise ValueError(f"odeint_dense needs a method of this package; '{problem.method.name}' has no dense output "
+                         f"of its own steps")
+    steps = []
+    problem.observers = (lambda step: steps.append((step.t0, step.t1, step.interpolate)),)
+    solution = integrate(problem)
+    if not solution.success:
+        raise SolverError(solution.status, solution.t_reached, detail=_failure_detail(solution, problem))
+    starts = [s[0] for s in steps]
+    lo, hi = float(problem.t[0]), float(problem.t[-1])
+    sign = -1.0 if problem.reversed else 1.0
+
+    def dense(t_eval: Any) -> TensorOrTuple:
+        value = float(t_eval.detach()) if isinstance(t_eval, torch.Tensor) else float(t_eval)
+        s = sign * value
+        if not lo <= s <= hi:
+            raise ValueError(f"odeint_dense: t={value} is outside the solved span "
+                             f"[{problem.to_user_time(lo)}, {problem.to_user_time(hi)}]")
+        if s == lo:
+            y = problem.y0
+        else:
+            k = min(max(bisect.bisect_left(starts, s) - 1, 0), len(steps) - 1)
+            tt = sign * t_eval if isinstance(t_eval, torch.Tensor) else s
+            y = steps[k][2](tt)
+        out = problem.unpack(y[None])
+        return out[0] if problem.shapes is None else tuple(part[0] for part in out)
+
+    return dense
