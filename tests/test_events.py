@@ -63,7 +63,7 @@ def test_bouncing_ball_bounce_times_match_closed_form(interface):
     h, g, e = 10.0, 9.81, 0.7
     times, _ = bounce_times(interface, torch.tensor(h, dtype=DT), torch.tensor(g, dtype=DT), e, 4)
     for n, t in enumerate(times, start=1):
-        assert abs(float(t) - closed_form(h, g, e, n)) < 1e-6
+        assert abs(t.item() - closed_form(h, g, e, n)) < 1e-6
 
 
 @pytest.mark.parametrize("interface", [odeint, odeint_adjoint], ids=["odeint", "odeint_adjoint"])
@@ -134,7 +134,7 @@ def test_event_mode_matches_torchdiffeq():
     t0 = torch.tensor(0.0, dtype=DT)
     ours_t, ours = odeint_event(ball, state, t0, event_fn=ground, rtol=1e-9, atol=1e-11)
     theirs_t, theirs = torchdiffeq.odeint_event(ball, state, t0, event_fn=ground, rtol=1e-9, atol=1e-11)
-    assert abs(float(ours_t) - float(theirs_t)) < 1e-8
+    assert abs(ours_t.item() - theirs_t.item()) < 1e-8
     for a, b in zip(ours, theirs):
         assert a.shape == b.shape and torch.allclose(a, b, atol=1e-7)
     ours_grad = torch.autograd.grad(ours_t, (state[0], ball.gravity))
@@ -285,6 +285,22 @@ def test_tuple_state_events_and_fixed_step_event_mode():
         assert abs(float(event_t) - exact) < tol, interp
     with pytest.raises(ValueError, match="step_size"):
         odeint(Ball(), state, t, event_fn=ground, method="rk4")
+
+
+@pytest.mark.parametrize("solver", ["RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA"])
+def test_events_on_scipy_solver(solver):
+    options = {"solver": solver}
+    events = [Event(lambda t, y: y[0]), Event(lambda t, y: t - 7.5, terminal=True)]
+    sol = solve(lambda t, y: torch.cos(t) * torch.ones_like(y), torch.zeros(1, dtype=DT),
+                torch.linspace(0, 10, 11, dtype=DT), events=events, method="scipy_solver", options=options,
+                rtol=1e-8, atol=1e-10)
+    assert sol.events.t.tolist() == pytest.approx([math.pi, 2 * math.pi, 7.5], abs=1e-6)
+    assert sol.events.which.tolist() == [0, 0, 1] and sol.ts.tolist()[-1] == 7.0
+    event_t, solution = odeint(lambda t, y: torch.stack([y[1], -9.81 * torch.ones_like(y[0])]),
+                               torch.tensor([10.0, 0.0], dtype=DT), torch.tensor([0.0, 1.0], dtype=DT),
+                               event_fn=lambda t, y: y[0], method="scipy_solver", options=options,
+                               rtol=1e-8, atol=1e-10)
+    assert abs(event_t.item() - math.sqrt(2 * 10.0 / 9.81)) < 1e-6 and solution.shape == (2, 2)
 
 
 # --------------------------------------------------------------------------- pieces and errors
