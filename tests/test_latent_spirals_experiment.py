@@ -78,7 +78,7 @@ def test_quick_experiment_beats_the_mean_trajectory(tmp_path):
     m = outcome.metrics
     run_dir = tmp_path / "run"
     assert json.loads((run_dir / "result.json").read_text()) == m
-    for model in ("latent_ode", "rnn"):
+    for model in ("latent_ode", "rnn_paper", "rnn"):
         for n in (30, 50, 100):
             assert 0 < m[f"rmse_{model}_{n}"] < float("inf")
     # the bar: the latent ODE reconstructs and extrapolates better than the mean training trajectory
