@@ -149,7 +149,7 @@ def test_reverse_time_event_is_located_and_differentiated():
     state = (h, torch.zeros((), dtype=DT))
     event_t, solution = odeint_event(Ball(), state, torch.tensor(0.0, dtype=DT), event_fn=ground, reverse_time=True,
                                      rtol=1e-10, atol=1e-12)
-    assert abs(float(event_t) + math.sqrt(2 * 5.0 / 9.81)) < 1e-8
+    assert abs(event_t.item() + math.sqrt(2 * 5.0 / 9.81)) < 1e-8
     (dh,) = torch.autograd.grad(event_t, h)
     assert abs(float(dh) + 1 / math.sqrt(2 * 9.81 * 5.0)) < 1e-7
     assert abs(float(solution[1][-1]) - math.sqrt(2 * 9.81 * 5.0)) < 1e-7  # it was rising then
@@ -235,6 +235,20 @@ def test_per_sample_events_stop_each_ball_at_its_own_time_like_solving_each_alon
     expected = [1 / math.sqrt(2 * 9.81 * h) for h in BALL_HEIGHTS]
     assert grad[:, 0].tolist() == pytest.approx(expected, abs=1e-7)
     assert grad[:, 1].tolist() == pytest.approx([1 / 9.81] * n_balls, abs=1e-7)
+
+
+def test_per_sample_events_on_a_tuple_state():
+    heights = torch.tensor(BALL_HEIGHTS, dtype=DT, requires_grad=True)
+    state = (heights, torch.zeros_like(heights))
+    sol = solve(Ball(), state, torch.linspace(0, 2, 5, dtype=DT), events=[Event(ground, terminal=True)],
+                per_sample_events=True, rtol=1e-10, atol=1e-12)
+    exact = torch.sqrt(2 * heights.detach() / 9.81)
+    assert torch.allclose(sol.events.stop_t, exact, atol=1e-9)
+    assert isinstance(sol.events.stop_y, tuple) and float(sol.events.stop_y[0].abs().max()) < 1e-8
+    assert torch.allclose(sol.events.stop_y[1], -9.81 * exact, atol=1e-7)  # velocity at landing
+    assert torch.allclose(sol.ys[1][-1], sol.events.stop_y[1], atol=1e-12)  # frozen at the event
+    (grad,) = torch.autograd.grad(sol.events.stop_t.sum(), heights)
+    assert torch.allclose(grad, 1 / torch.sqrt(2 * 9.81 * heights.detach()), atol=1e-7)
 
 
 def test_per_sample_non_terminal_events_are_recorded_with_their_sample():
@@ -323,5 +337,5 @@ def test_event_arguments_are_checked():
         solve(f, y0, torch.tensor([0.0, 1.0], dtype=DT), per_sample_events=True)
     with pytest.raises(ValueError, match="first dimension"):
         solve(f, y0, torch.tensor([0.0, 1.0], dtype=DT), events=[lambda t, y: y.sum()], per_sample_events=True)
-    with pytest.raises(TypeError, match="must return a tensor"):
+    with pytest.raises(TypeError, match="must return a real tensor"):
         solve(f, y0, torch.tensor([0.0, 1.0], dtype=DT), events=[lambda t, y: 1.0])

@@ -206,8 +206,10 @@ class _EventFunction:
         t = -s if self.reversed else s
         state = y if self.shapes is None else unflatten(y, self.shapes)
         out = self.fn(t, state)
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(f"event function {self.label!r} must return a tensor; got {type(out).__name__}")
+        if not isinstance(out, torch.Tensor) or out.is_complex():
+            got = f"a complex tensor ({out.dtype})" if isinstance(out, torch.Tensor) else type(out).__name__
+            raise TypeError(f"event function {self.label!r} must return a real tensor (its zeros are the "
+                            f"events); got {got}")
         if self.n_samples is None:
             return out.reshape(1, -1)
         if out.dim() == 0 or out.shape[0] != self.n_samples:
