@@ -31,6 +31,10 @@ Terminal and non-terminal events, single and per-sample, are differentiable alik
 derivatives; the ``f dT`` term is built from ``f`` evaluated without a graph, so second
 derivatives through event times are not exact). A crossing's *existence* and which event fired
 first are discrete and have no gradient.
+
+Statistics: ``Solution.stats`` counts the forward evaluations of detection and replay (and one
+evaluation of the field per event for its gradient); the backward counts of a replayed adjoint
+or checkpointed solve are not gathered into it.
 """
 from __future__ import annotations
 
@@ -442,6 +446,8 @@ def implicit_time(fn: _EventFunction, sample: int, element: int, field: Callable
     """
     dtype, device = y.dtype, y.device
     tt = torch.scalar_tensor(t, dtype=dtype, device=device)
+    if not torch.is_grad_enabled():
+        return tt, y
     with torch.enable_grad():
         t_leaf = tt.clone().requires_grad_(True)
         y_leaf = y.detach().requires_grad_(True)
@@ -452,8 +458,6 @@ def implicit_time(fn: _EventFunction, sample: int, element: int, field: Callable
         dgdt = (dg_dt if dg_dt is not None else torch.zeros((), dtype=dtype, device=device))
         if dg_dy is not None:
             dgdt = dgdt + (dg_dy * f).sum()
-    if not torch.is_grad_enabled():
-        return tt, y
     if float(dgdt) == 0.0:
         raise ValueError(f"event function {fn.label!r} crosses zero with zero time derivative at t={t}: "
                          "the event time is not differentiable there (a tangential crossing)")
@@ -547,6 +551,7 @@ class EventSolve:
         self.fns = [_EventFunction(ev, k, problem, n) for k, ev in enumerate(events)]
         self.detector = Detector(self.fns, events, per_sample, n or 1)
         self.replay = not isinstance(strategy, Direct) and torch.is_grad_enabled()
+        self.nfe = 0
         if horizon and not problem.method.adaptive and getattr(problem.options, "step_size", None) is None:
             raise ValueError(f"event handling with the fixed-step method '{problem.method.name}' needs "
                              "options['step_size'] (as in torchdiffeq)")
@@ -630,7 +635,8 @@ class EventSolve:
 
     def _implicit(self, f: Firing, func: Callable):
         """IFT tensors ``(T, y(T))`` of one firing (internal time and state)."""
-        self.detector.n_eval += 1
+        if torch.is_grad_enabled():
+            self.nfe += 1  # the field at the event
         return implicit_time(self.fns[f.event], f.sample, f.element, func, f.t, f.y)
 
     def _freeze(self, run: _Run, seg: _Segment, y: torch.Tensor, func: Callable, implicit: bool) -> torch.Tensor:
@@ -683,6 +689,7 @@ class EventSolve:
                 from .errors import SolverError
 
                 raise SolverError(sol.status, sol.t_reached, detail="replaying the solve up to the located events")
+            _add_stats(run.stats, sol.stats)  # forward counts only: its backward pass counts in sol.stats
             # Values stay those of the detection (so an event state keeps g's sign before the
             # crossing, as in a direct solve); gradients come from the strategy's solve.
             rows = {v: sol.ys[j + 1] for j, (v, _) in enumerate(later)}
@@ -707,11 +714,13 @@ class EventSolve:
 
     def run(self) -> _Run:
         if not self.replay:
-            return self.detect()
-        with torch.no_grad():
             run = self.detect()
-        if run.status is Status.SUCCESS:
-            self.replay_segments(run)
+        else:
+            with torch.no_grad():
+                run = self.detect()
+            if run.status is Status.SUCCESS:
+                self.replay_segments(run)
+        run.stats.nfe += self.nfe
         return run
 
     # ------------------------------------------------------------------ results
