@@ -237,6 +237,28 @@ def test_per_sample_events_stop_each_ball_at_its_own_time_like_solving_each_alon
     assert grad[:, 1].tolist() == pytest.approx([1 / 9.81] * n_balls, abs=1e-7)
 
 
+@pytest.mark.parametrize("gradient", ["adjoint", "checkpoint"])
+def test_per_sample_event_gradients_of_the_whole_trajectory_agree_with_direct(gradient):
+    class Drag(nn.Module):  # a falling ball with quadratic drag: no closed form, samples independent
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Parameter(torch.tensor(0.05, dtype=DT))
+
+        def forward(self, t, y):
+            return torch.stack([y[:, 1], -9.81 + self.c * y[:, 1] ** 2], dim=1)
+
+    grads = []
+    for g in ("direct", gradient):
+        field = Drag()
+        y0 = torch.tensor([[h, 0.0] for h in BALL_HEIGHTS], dtype=DT, requires_grad=True)
+        sol = solve(field, y0, torch.linspace(0, 2, 9, dtype=DT), events=[Event(lambda t, y: y[:, 0], terminal=True)],
+                    per_sample_events=True, gradient=g, rtol=1e-10, atol=1e-12)
+        loss = sol.ys.pow(2).sum() + sol.events.stop_t.sum() + sol.events.stop_y[:, 1].sum()
+        grads.append(torch.autograd.grad(loss, (y0, field.c)))
+    for a, b in zip(*grads):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
 def test_per_sample_events_on_a_tuple_state():
     heights = torch.tensor(BALL_HEIGHTS, dtype=DT, requires_grad=True)
     state = (heights, torch.zeros_like(heights))
