@@ -348,7 +348,7 @@ def test_bracket_root_converges_to_ulps_and_keeps_the_bracket():
     assert a < 0.3 <= b and b - a < 1e-14
 
 
-def test_event_arguments_are_checked():
+def test_event_arguments_are_checked(monkeypatch):
     f = lambda t, y: -y  # noqa: E731
     y0 = torch.ones(2, dtype=DT)
     with pytest.raises(ValueError, match="exactly 2 times"):
@@ -359,5 +359,11 @@ def test_event_arguments_are_checked():
         solve(f, y0, torch.tensor([0.0, 1.0], dtype=DT), per_sample_events=True)
     with pytest.raises(ValueError, match="first dimension"):
         solve(f, y0, torch.tensor([0.0, 1.0], dtype=DT), events=[lambda t, y: y.sum()], per_sample_events=True)
+    monkeypatch.setattr(neuralode.events.EventSolve, "MAX_FIXED_STEPS", 200)  # torchdiffeq's 20000 takes long
+    with pytest.raises(RuntimeError, match="no event within 300 fixed steps"):  # windows of 1, then 2 time units
+        odeint(f, y0, torch.tensor([0.0, 1.0], dtype=DT), event_fn=lambda t, y: y, method="euler",
+               options={"step_size": 0.01})
+    with pytest.raises(neuralode.SolverError, match="max_steps_reached|step budget"):
+        odeint(f, y0, torch.tensor([0.0, 1.0], dtype=DT), event_fn=lambda t, y: y, options={"max_num_steps": 50})
     with pytest.raises(TypeError, match="must return a real tensor"):
         solve(f, y0, torch.tensor([0.0, 1.0], dtype=DT), events=[lambda t, y: 1.0])

@@ -535,7 +535,8 @@ class EventSolve:
     """One solve with events: detection (phase 1) and, for gradient strategies that keep no
     graph, a replay of the located segments under the strategy (phase 2)."""
 
-    MAX_WINDOWS = 64
+    MAX_WINDOWS = 64  # doublings of the first window before giving up on an event
+    MAX_FIXED_STEPS = 20000  # torchdiffeq's limit for fixed-step event handling
 
     def __init__(self, problem: Problem, events: Tuple[Event, ...], strategy: Any, per_sample: bool,
                  horizon: bool = False):
@@ -607,6 +608,14 @@ class EventSolve:
                     break
                 t_start, first = t_reached, False
                 window *= 2
+                steps = run.stats.n_accepted + run.stats.n_rejected
+                if not problem.method.adaptive and steps >= self.MAX_FIXED_STEPS:
+                    raise RuntimeError(f"no event within {steps} fixed steps (up to t={problem.to_user_time(t_start)}; "
+                                       f"torchdiffeq stops at {self.MAX_FIXED_STEPS} too): check the event function, "
+                                       f"or that it can reach zero")
+                if steps >= getattr(problem.options, "max_num_steps", math.inf):
+                    run.status = Status.MAX_STEPS
+                    return run
                 if problem.method.adaptive and sol.stats.final_step:
                     options = _with_first_step(problem.options, sol.stats.final_step)
                 continue
