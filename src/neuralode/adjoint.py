@@ -435,6 +435,7 @@ class Adjoint:
     """
 
     name = "adjoint"
+    needs_forward_graph = False  # the forward solve runs without a graph (forward-only methods work)
 
     def __init__(self, rtol: Any = None, atol: Any = None, method: Optional[str] = None,
                  options: Optional[Dict[str, Any]] = None, seminorm: bool = False,

@@ -6,10 +6,11 @@ and the options ``min_step`` (LSODA only: SciPy's other integrators have none, s
 value with them is an error rather than silently ignored) and ``max_step``. ``norm`` is
 accepted and ignored, as torchdiffeq does.
 
-Forward only: the state goes through NumPy, so no gradient can flow. torchdiffeq silently
-returns a result without a graph; here asking for one (``y0`` or ``t`` requiring grad, a
-parameter of an ``nn.Module`` field requiring grad, or a gradient strategy) is an error that
-says so. The field is called without gradients, with times and states as tensors of the
+Forward only: the state goes through NumPy, so no gradient can flow through the steps.
+torchdiffeq silently returns a result without a graph; here asking for one (``y0`` or ``t``
+requiring grad, or a parameter of an ``nn.Module`` field requiring grad, with direct or
+checkpointed gradients) is an error that says so. The adjoint needs no graph of the forward
+solve, so ``odeint_adjoint``/``gradient='adjoint'`` work, as in torchdiffeq. The field is called without gradients, with times and states as tensors of the
 state's dtype on its device.
 
 Accepted steps are reported to the solve's observers (:data:`~neuralode.stepping.StepObserver`)

@@ -57,9 +57,9 @@ def solve(
         :class:`Solution` with ``ys`` of shape ``(len(t), *y0.shape)``, ``stats`` and ``status``.
     """
     problem = make_problem(func, y0, t, method=method, rtol=rtol, atol=atol, options=options, on_failure=on_failure)
-    if not problem.method.differentiable:
-        _refuse_gradients(problem, func, gradient)
     strategy = resolve_gradient(gradient)
+    if not problem.method.differentiable and getattr(strategy, "needs_forward_graph", True):
+        _refuse_gradients(problem, func, gradient)
     if events is not None:
         from .events import solve_with_events
 
@@ -77,7 +77,8 @@ def solve(
 
 
 def _refuse_gradients(problem, func, gradient) -> None:
-    """A forward-only method (the SciPy bridge) cannot give gradients: say so when any are asked for."""
+    """A forward-only method (the SciPy bridge) cannot give gradients by backprop through its
+    steps (the adjoint needs none): say so when any are asked for."""
     wanted = []
     if gradient != "direct":
         wanted.append(f"gradient={gradient!r}")
@@ -91,7 +92,8 @@ def _refuse_gradients(problem, func, gradient) -> None:
     if wanted:
         raise ValueError(f"method '{problem.method.name}' is forward only (no gradient flows through it), but "
                          f"{', '.join(wanted)}; solve under torch.no_grad() (or detach y0 and t and freeze the "
-                         f"parameters), or use a method of this package for gradients")
+                         f"parameters), use gradient='adjoint' (odeint_adjoint), which needs no graph of the forward "
+                         f"solve, or use a method of this package")
 
 
 def _failure_detail(solution: Solution, problem) -> str:
