@@ -43,7 +43,9 @@ class Stepper(Protocol):
 
     Adaptive steppers also give ``order`` (the controller's exponent base: error ∝ h^order) and
     ``error(ks, h) -> tensor``, the local error estimate for a float step ``h``, a fresh tensor
-    the loop may modify, called under ``torch.no_grad()``.
+    the loop may modify, called under ``torch.no_grad()`` right after ``step`` (a stepper whose
+    estimate is not a combination of ``ks``, e.g. an implicit method's, may return what its last
+    ``step`` computed).
 
     A stepper may keep state between steps (a multistep history); ``replayable`` says whether a
     step depends only on ``(t0, h, y0, f0)``, so that checkpointed gradients can recompute it
