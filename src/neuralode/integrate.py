@@ -363,7 +363,7 @@ def fixed_step_grid(problem: Problem, t: Optional[torch.Tensor] = None) -> torch
         if not isinstance(grid, torch.Tensor) or grid.dim() != 1 or grid.numel() < 2:
             raise ValueError("options['grid_constructor'] must return a 1-D tensor of at least two times")
         g = grid.detach()
-        t0, t1 = float(t[0]), float(t[-1])
+        t0, t1 = float(t[0].detach()), float(t[-1].detach())
         if float(g[0]) != t0 or float(g[-1]) != t1 or not bool((g[1:] > g[:-1]).all()):
             raise ValueError("options['grid_constructor'] must return a strictly monotonic grid that starts at "
                              "t[0] and ends at t[-1]")
