@@ -216,6 +216,21 @@ def _report(run, config: Config, rows: list[dict]) -> None:
     run.write_report("\n".join(lines))
 
 
+def _declare_headlines() -> None:
+    from neuralode.report.headlines import Headline, declare
+
+    heads = []
+    for pct in (30, 50):
+        heads.append(Headline(f"ode_minus_rnn_acc_{pct}", f"best ODE model - best RNN accuracy, {pct}% dropped (pts)",
+                              0.0, "at_least", scale=100, source="Rubanova et al.'s claim: ODE models >= RNNs",
+                              value=lambda m, p=pct: m[f"best_ode_acc_{p}"] - m[f"best_rnn_acc_{p}"]))
+        heads.append(Headline(f"best_ode_acc_{pct}", f"best ODE model test accuracy, {pct}% dropped (%)", goal="info",
+                              scale=100))
+    declare("irregular-timeseries", *heads)
+
+
+_declare_headlines()
+
 register(
     "irregular-timeseries",
     config=Config,
