@@ -157,7 +157,7 @@ class Problem:
     points: List[dict] = field(default_factory=list)
 
 
-def make_problem(name: str, full: bool, tols: Optional[Tuple[float, ...]]) -> Problem:
+def make_problem(name: str, full: bool, tols: Optional[Tuple[float, ...]], device: str = "cpu") -> Problem:
     torch.manual_seed(0)
     dt = torch.float64
     t01 = torch.tensor([0.0, 1.0], dtype=dt)
@@ -183,10 +183,11 @@ def make_problem(name: str, full: bool, tols: Optional[Tuple[float, ...]]) -> Pr
                     torch.tensor([[2.0, 0.0]]), t10, DEFAULT_TOLS)
     else:
         raise ValueError(f"unknown problem {name!r}")
-    p.field = p.field.to(dt)
+    p.field = p.field.to(dtype=dt, device=device)
     for param in p.field.parameters():
         param.requires_grad_(False)
-    p.y0 = p.y0.to(dt)
+    p.y0 = p.y0.to(dtype=dt, device=device)
+    p.t = p.t.to(device)
     if tols:
         p.tols = tuple(tols)
     return p
@@ -271,15 +272,26 @@ def rel_error(y: torch.Tensor, y_ref: torch.Tensor) -> float:
     return float((y - y_ref).norm() / y_ref.norm())
 
 
+def _clock(device: torch.device) -> Callable[[], float]:
+    """CPU time on CPU (steadier on shared cores); synchronised wall time on a GPU."""
+    if device.type == "cuda":
+        def clock():
+            torch.cuda.synchronize()
+            return time.perf_counter()
+        return clock
+    return time.process_time
+
+
 def measure(p: Problem, entries, repeats: int, max_seconds: float) -> None:
+    clock = _clock(p.y0.device)
     for lib, method, family, run in entries:
         for tol in p.tols:
             counter = Counting(p.field)
             try:
                 with torch.no_grad():
-                    start = time.process_time()
+                    start = clock()
                     y = run(counter, p.y0, p.t, tol)
-                    first = time.process_time() - start
+                    first = clock() - start
             except Exception as exc:  # a peer failing at a tolerance is a result, not a crash
                 print(f"  {lib} {method} tol={tol:g}: failed ({type(exc).__name__}: {str(exc)[:80]})")
                 continue
@@ -287,9 +299,9 @@ def measure(p: Problem, entries, repeats: int, max_seconds: float) -> None:
             if first < max_seconds:
                 with torch.no_grad():
                     for _ in range(repeats - 1):
-                        start = time.process_time()
+                        start = clock()
                         run(p.field, p.y0, p.t, tol)
-                        times.append(time.process_time() - start)
+                        times.append(clock() - start)
             p.points.append({"library": lib, "method": method, "family": family, "tol": tol,
                              "error": max(rel_error(y, p.y_ref), 1e-17), "nfe": counter.calls,
                              "time": statistics.median(times)})
@@ -426,22 +438,26 @@ def main(argv=None) -> int:
     parser.add_argument("--libraries", nargs="+", default=None, help="restrict to these libraries")
     parser.add_argument("--out", default="runs/work_precision")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (SciPy is skipped off the CPU; times are "
+                                                        "CPU time on CPU, synchronised wall time on a GPU)")
     args = parser.parse_args(argv)
     setup(threads=args.threads)
     repeats = args.repeats or (5 if args.full else 3)
 
-    peers = {"torchdiffeq": import_peer("torchdiffeq"), "torchode": import_peer("torchode"), "scipy": True}
+    peers = {"torchdiffeq": import_peer("torchdiffeq"), "torchode": import_peer("torchode"),
+             "scipy": args.device == "cpu"}
     peers["torchdyn"] = import_peer("torchdyn.numerics")
     entries = solvers(peers)
     if args.libraries:
         entries = [e for e in entries if e[0] in args.libraries]
     os.makedirs(args.out, exist_ok=True)
-    print(f"environment: {environment()}; CPU time, median of {repeats} runs (1 run above {args.max_seconds} s)")
+    print(f"environment: {environment()}; device {args.device}; {'CPU' if args.device == 'cpu' else 'wall'} time, "
+          f"median of {repeats} runs (1 run above {args.max_seconds} s)")
     problems = []
     all_ok = all_total = 0
     headline = {}
     for name in args.problems:
-        p = make_problem(name, args.full, args.tols)
+        p = make_problem(name, args.full, args.tols, args.device)
         p.y_ref = reference(p)
         start = time.time()
         measure(p, entries, repeats, args.max_seconds)

@@ -121,3 +121,11 @@ def test_failure_is_reported_with_the_time_reached():
         solve_per_sample(blows_up, y0, t, rtol=1e-6, atol=1e-6)
     sol = solve_per_sample(blows_up, y0, t, rtol=1e-6, atol=1e-6, on_failure="return")
     assert not sol.success and torch.isnan(sol.ys[0, 1]).all()
+
+
+def test_solve_per_sample_steps_is_the_front_door():
+    mu = torch.tensor([0.5, 3.0], dtype=torch.float64)
+    t = torch.tensor([[0.0, 1.0, 2.0], [0.0, 0.5, 3.0]], dtype=torch.float64)
+    via_solve = neuralode.solve(vdp_batch(mu), Y0.expand(2, 2), t, rtol=1e-6, atol=1e-6, per_sample_steps=True)
+    direct = solve_per_sample(vdp_batch(mu), Y0.expand(2, 2), t, rtol=1e-6, atol=1e-6)
+    assert torch.equal(via_solve.ys, direct.ys) and via_solve.ys.shape == (2, 3, 2)

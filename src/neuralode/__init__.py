@@ -7,6 +7,7 @@ from .events import Event, EventRecord, odeint_event
 from .solution import Solution, SolveStats, Status
 from .solve import odeint, odeint_dense, solve
 from .tableaus import ADAPTIVE_METHODS, FIXED_METHODS, METHODS, ButcherTableau
+from . import compiled as _compiled  # noqa: F401,E402 - registers the torch.compile'd '<method>_compiled' twins
 
 __all__ = [
     "odeint",

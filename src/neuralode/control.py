@@ -41,10 +41,20 @@ def error_ratio(error: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, rtol: T
 @torch.no_grad()
 def initial_step(evaluate, t0: float, y0: torch.Tensor, f0: torch.Tensor, order: int,
                  rtol: Tolerance, atol: Tolerance, norm: Norm) -> float:
-    """Hairer, Nørsett & Wanner's starting step (Solving ODEs I, II.4); one function evaluation."""
+    """Hairer, Nørsett & Wanner's starting step (Solving ODEs I, II.4); one function evaluation.
+
+    ``h1 = (0.01 / max(d1, d2))^(1/(order+1))``. The loop passes the method's own order (as
+    torchdyn does; torchdiffeq and Hairer's HINIT pass ``order - 1``): the larger first step
+    this gives saved a step on the short solves of neural ODEs (the MLP problem at rtol=1e-5:
+    14 evaluations instead of 20) at no loss of accuracy at equal work, and changed nothing
+    measurable on long solves (work–precision data in BENCHMARKS.md). Two host transfers:
+    ``d0`` and ``d1`` together, then ``d2``.
+    """
     scale = y0.abs().mul(rtol).add_(atol)
-    d0 = abs(float(norm(y0 / scale)))
-    d1 = abs(float(norm(f0 / scale)))
+    if norm is rms_norm:
+        d0, d1 = torch.stack([rms_norm(y0 / scale), rms_norm(f0 / scale)]).abs().tolist()
+    else:
+        d0, d1 = abs(float(norm(y0 / scale))), abs(float(norm(f0 / scale)))
     h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
     y1 = torch.add(y0, f0, alpha=h0)
     f1 = evaluate(t0 + h0, y1, 0)

@@ -194,6 +194,7 @@ def _observe(observers: Sequence[StepObserver], record: AcceptedStep, outputs: _
     return None
 
 
+@torch.compiler.disable  # under torch.compile the loop runs eagerly: traced, it went wrong (see compiled.py)
 def integrate(problem: Problem, on_accept: Optional[StepObserver] = None) -> Solution:
     """Solve ``problem``; returns a :class:`Solution` in internal form (flat state, internal time).
 
@@ -258,7 +259,7 @@ def _integrate_adaptive(problem: Problem, stepper: Stepper, observers: Tuple[Ste
     if opts.first_step is not None:
         h = opts.first_step
     else:
-        h = initial_step(evaluate, t, y, f0, stepper.order - 1, rtol, atol, norm)
+        h = initial_step(evaluate, t, y, f0, stepper.order, rtol, atol, norm)
         stats.nfe += 1
     controller = PIController(stepper.order, opts.safety, opts.ifactor, opts.dfactor)
     span = abs(t_end - t)

@@ -235,7 +235,7 @@ def solve_per_sample(
     if "first_step" in opts:
         h = torch.full((batch,), float(opts["first_step"]), dtype=time_dtype, device=device)
     else:
-        h = _initial_step(field, t_cur, y0.detach(), f0.detach(), k - 1, float(rtol), float(atol)).to(time_dtype)
+        h = _initial_step(field, t_cur, y0.detach(), f0.detach(), k, float(rtol), float(atol)).to(time_dtype)
     prev_ratio = torch.full((batch,), 1e-4, dtype=time_dtype, device=device)
     last_rejected = torch.zeros(batch, dtype=torch.bool, device=device)
     n_acc = torch.zeros(batch, dtype=torch.long, device=device)

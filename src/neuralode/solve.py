@@ -29,6 +29,7 @@ def solve(
     gradient: Any = "direct",
     events: Any = None,
     per_sample_events: bool = False,
+    per_sample_steps: bool = False,
 ) -> Solution:
     """Solve ``dy/dt = func(t, y)`` from ``y(t[0]) = y0`` and return the states at the times ``t``.
 
@@ -53,9 +54,22 @@ def solve(
             treat them independently): each sample stops at its own terminal event and stays
             frozen there while the others go on; ``ys`` keeps every output time.
 
+        per_sample_steps: the state is a batch of independent problems (samples along the first
+            dimension): each sample gets its own step size, accept/reject decision and, with ``t``
+            of shape ``[B, T]``, its own output times; ``func`` then gets one time per row
+            (``t`` of shape ``(n,)``). Returns a :class:`neuralode.persample.PerSampleSolution`
+            whose ``ys`` is batch-first, ``(B, T, *state)``. See :mod:`neuralode.persample`.
+
     Returns:
         :class:`Solution` with ``ys`` of shape ``(len(t), *y0.shape)``, ``stats`` and ``status``.
     """
+    if per_sample_steps:
+        if events is not None or per_sample_events:
+            raise ValueError("per_sample_steps=True does not take events (use per_sample_events with shared steps)")
+        from .persample import solve_per_sample
+
+        return solve_per_sample(func, y0, t, method=method, rtol=rtol, atol=atol, options=options,
+                                on_failure=on_failure, gradient=gradient)
     problem = make_problem(func, y0, t, method=method, rtol=rtol, atol=atol, options=options, on_failure=on_failure)
     strategy = resolve_gradient(gradient)
     if not problem.method.differentiable and getattr(strategy, "needs_forward_graph", True):
