@@ -15,7 +15,7 @@ by a wrapper around the field), the raw cost of one evaluation, the overhead rat
 wall / (NFE x one evaluation) (1.0 = a solver that costs nothing but its evaluations), the
 ratio ours / peer, and the accuracy at t1 against a float64 dopri8 solve at rtol = atol = 1e-9,
 in units of the tolerance: max |err| / (atol + rtol |y_ref|). Then it checks the targets
-(NFE within 10% of torchdiffeq's on (a); wall ours/torchdiffeq <= 0.6 on (a) and <= 0.7 on (b);
+(NFE at most 10% above torchdiffeq's on (a); wall ours/torchdiffeq <= 0.6 on (a) and <= 0.7 on (b);
 our error at t1 <= 1 tolerance unit on (a)) and prints PASS/FAIL for each. Peers that are not
 installed are skipped with a note. Timings are not assertions: see BENCHMARKS.md.
 """
@@ -217,8 +217,10 @@ def report(problems: list[Problem], repeats: int) -> list[tuple[str, bool, str]]
         td = p.results.get("torchdiffeq")
         if td is not None:
             if p.method == "dopri5":
-                rel = abs(ours["nfe"] - td["nfe"]) / td["nfe"]
-                checks.append((f"{p.name}: NFE within 10% of torchdiffeq", rel <= 0.10,
+                # Not NFE parity: fewer evaluations at the same accuracy is the point (issue 13);
+                # the accuracy is checked by the tolerance-unit target below.
+                rel = (ours["nfe"] - td["nfe"]) / td["nfe"]
+                checks.append((f"{p.name}: NFE at most torchdiffeq's (+10%)", rel <= 0.10,
                                f"{ours['nfe']} vs {td['nfe']} ({rel:+.1%})"))
             target = 0.6 if p.method == "dopri5" else 0.7
             ratio = ours["wall"] / td["wall"]
