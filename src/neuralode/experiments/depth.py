@@ -69,6 +69,7 @@ class Config:
     real_height: int | None = None    # rows of the resized real image (default image_size)
     n_figure: int = 4                 # rendered test scenes in the figure
     texture_source: str = "auto"      # CIFAR-10 source for textures: auto, pickle or jpeg
+    scene_seed: int = 0               # the rendered data set; --seed varies initialisation and batches only
 
     @classmethod
     def quick(cls) -> "Config":
@@ -281,9 +282,9 @@ def run(config: Config, run: Run) -> dict[str, Any]:
     _check(config)
     return_freed_memory_to_os()
     encoders = _parse(config.encoders, ENCODERS, "encoders")
-    train = load_depth_scenes("train", config.n_train, config.image_size, seed=run.seed,
+    train = load_depth_scenes("train", config.n_train, config.image_size, seed=config.scene_seed,
                               source=config.texture_source)
-    test = load_depth_scenes("test", config.n_test, config.image_size, seed=run.seed,
+    test = load_depth_scenes("test", config.n_test, config.image_size, seed=config.scene_seed,
                              source=config.texture_source)
     norm = _Norm(train.images)
     mean_map = train.depth.mean(0)
