@@ -15,12 +15,19 @@ Per model, one training run with a joint objective (as Rubanova et al. train wit
 - mortality: binary cross-entropy of a classifier head on the final state (interpolation-mode
   batches), with ``pos_weight = #survivors / #deaths`` for the class imbalance, weight ``ce_weight``.
 
+``--set protocol=rubanova`` replaces this objective and setting by those of Rubanova et al.'s
+released code (:data:`RUBANOVA`, :mod:`neuralode.experiments._physionet_protocol`) in every field
+left at its default; ``--set seeds=N`` trains every model from N seeds and reports mean ± std.
+
 Evaluation on the held-out test patients (never seen in training or normalisation):
 
 - interpolation MSE: a fixed, seeded ``holdout_frac`` of each patient's observation times is
   removed from the input; MSE on those held-out entries (normalised units);
 - extrapolation MSE: input = the first 24 h, MSE on the observed entries of the last 24 h;
-- AUC-ROC of in-hospital mortality from the full 48 h (scikit-learn);
+- AUC-ROC of in-hospital mortality from the full 48 h (scikit-learn), with DeLong's and the
+  bootstrap's 95% intervals;
+- Rubanova et al.'s MSE definitions (``mse_rpc``, ``extrap_mse_rpc``: per patient and channel
+  averages with all points as input; see the protocol module);
 - forward NFE per batch, parameters, training seconds per epoch;
 - the "predict each channel's training mean" baseline on the same entries.
 """
@@ -832,6 +839,6 @@ register(
     run=run,
     description="PhysioNet 2012 ICU data: ODE-RNN and Latent ODEs vs GRU-Δt / GRU-D on interpolation, "
     "extrapolation and mortality AUC (Rubanova et al. 2019)",
-    quick_time="~2 min",
+    quick_time="~5 min",
     in_demo=False,  # needs the PhysioNet files (NEURALODE_DATA), not embedded data
 )
