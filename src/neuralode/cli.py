@@ -94,10 +94,11 @@ def _resume_command(args: argparse.Namespace, run_dir: Path) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from neuralode.experiments import registry
-    from neuralode.experiments.base import dist_info, resolve_device
+    from neuralode.experiments.base import CheckpointError, dist_info, resolve_device
     from neuralode.experiments.config import make_config
 
     # Validate everything the user typed before any work starts.
+    config: Any
     try:
         exp = registry.get(args.name)
         resolve_device(args.device)
@@ -123,7 +124,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if saved:
             print(f"resume with:\n  {_resume_command(args, run_dir)}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except registry.ResumeMismatchError as e:
+    except (registry.ResumeMismatchError, CheckpointError) as e:
         _err(str(e))
         return EXIT_USAGE
     except Exception as e:  # noqa: BLE001 - the traceback is shown, then a one-line summary
@@ -163,8 +164,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     root.mkdir(parents=True, exist_ok=True)
     runs: list[dict[str, Any]] = []
     if not args.only:  # broken modules are failures of the demo too
-        for module, error in errors.items():
-            runs.append({"name": module.rsplit(".", 1)[-1], "status": "failed", "error": f"import failed: {error}",
+        for module, import_error in errors.items():
+            runs.append({"name": module.rsplit(".", 1)[-1], "status": "failed", "error": f"import failed: {import_error}",
                          "dir": None, "metrics": None, "figures": [], "report": None, "wall_time_s": None})
     interrupted = False
     for i, name in enumerate(selected, start=1):

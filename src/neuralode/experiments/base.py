@@ -81,6 +81,7 @@ from neuralode.io import (
 )
 
 __all__ = [
+    "CheckpointError",
     "Run",
     "cleanup_distributed",
     "cleanup",
@@ -96,6 +97,30 @@ FIGURE_DIR = "figures"
 # Files the runner owns; a fresh (not resumed) run into an existing folder clears them first so
 # nothing stale (an old checkpoint!) is mixed with the new run.
 _OWNED_FILES = ("config.json", "metrics.jsonl", "result.json", "status.json", "report.md", CHECKPOINT_NAME)
+
+
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed from: corrupt, truncated or from another model/config.
+
+    The message is one line naming the file, what is wrong, and the ways out; the file itself is
+    left as it is (never overwritten or deleted by the failed resume).
+    """
+
+    def __init__(self, path: Path, problem: str) -> None:
+        self.path = path
+        super().__init__(
+            f"cannot resume from {path}: {problem}. The file was left untouched. To start afresh, run "
+            f"without --resume into a new --out folder (a fresh run into {path.parent} deletes it); or "
+            f"restore a good copy of {path.name} there and resume again")
+
+
+def _first_line(e: BaseException, limit: int = 300) -> str:
+    """``Type: message`` on one line (whitespace collapsed), at most ``limit`` characters."""
+    text = " ".join(str(e).split())
+    line = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return line if len(line) <= limit else line[:limit - 3] + "..."
 
 
 # --------------------------------------------------------------------------------------------
@@ -388,10 +413,20 @@ class Run:
         """The last checkpoint when resuming and one exists (any rank), else None.
 
         Tensors are loaded onto the CPU; ``load_state_dict`` moves them where they belong.
+        A file that cannot be read (truncated by a crash or a full disk, corrupted, not a
+        checkpoint, or holding objects ``weights_only`` refuses) raises :class:`CheckpointError`
+        naming it, and the file is kept.
         """
-        if not self.resume or not self.checkpoint_path.exists():
+        path = self.checkpoint_path
+        if not self.resume or not path.exists():
             return None
-        state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - torch raises many types here (RuntimeError, EOFError, UnpicklingError, OSError)
+            size = path.stat().st_size if path.exists() else 0
+            raise CheckpointError(path, f"the file is truncated or corrupt ({size} bytes; {_first_line(e)})") from None
+        if not isinstance(state, dict):
+            raise CheckpointError(path, f"it holds a {type(state).__name__}, not a checkpoint dict")
         self.last_checkpoint = state
         return state
 
@@ -401,7 +436,7 @@ class Run:
         np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state(legacy=True)
         state: dict[str, Any] = {
             "python": {"version": version, "state": torch.tensor(internal, dtype=torch.int64), "gauss": gauss},
-            "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)),
+            "numpy": {"name": np_name, "keys": torch.from_numpy(np.asarray(np_keys).astype(np.int64)),
                       "pos": int(np_pos), "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
             "torch": torch.get_rng_state(),
         }
@@ -446,15 +481,25 @@ class Run:
         ckpt = self.load_checkpoint()
         if ckpt is None:
             return 0
-        model.load_state_dict(ckpt["model"])
-        if optimizer is not None and "optimizer" in ckpt:
-            optimizer.load_state_dict(ckpt["optimizer"])
-        if scheduler is not None and "scheduler" in ckpt:
-            scheduler.load_state_dict(ckpt["scheduler"])
-        if "rng" in ckpt:
-            self.restore_rng(ckpt["rng"])
-        self.info(f"resumed from {self.checkpoint_path} at step {ckpt['step']}")
-        return int(ckpt["step"])
+        path = self.checkpoint_path
+        missing = [k for k in ("step", "model") if k not in ckpt]
+        if missing:
+            raise CheckpointError(path, f"it is not a training checkpoint (no {', '.join(map(repr, missing))} entry; "
+                                        f"keys: {sorted(map(str, ckpt))})")
+        try:
+            step = int(ckpt["step"])
+            model.load_state_dict(ckpt["model"])
+            if optimizer is not None and "optimizer" in ckpt:
+                optimizer.load_state_dict(ckpt["optimizer"])
+            if scheduler is not None and "scheduler" in ckpt:
+                scheduler.load_state_dict(ckpt["scheduler"])
+            if "rng" in ckpt:
+                self.restore_rng(ckpt["rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:
+            raise CheckpointError(path, "it does not fit this model/optimizer (saved by another config or "
+                                        f"version? {_first_line(e)})") from None
+        self.info(f"resumed from {path} at step {step}")
+        return step
 
     # -- interrupts and progress ---------------------------------------------------------------
 

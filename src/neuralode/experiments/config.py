@@ -8,15 +8,33 @@ fails before any training starts, with a message listing what is accepted.
 Supported field types: ``int``, ``float``, ``bool`` (true/false/1/0/yes/no), ``str``, ``Path``,
 ``Literal[...]``, ``Optional[X]`` / ``X | None`` (``none`` or ``null`` gives ``None``) and
 ``tuple[...]`` / ``list[...]`` of those (comma separated: ``hidden=64,64``).
+
+Validation
+----------
+:func:`make_config` ends with :func:`validate_config`, so a bad value is refused before any work
+starts, with a message naming the field, the value and what is accepted. Three layers:
+
+1. **Types**: every value must match its field's annotation (a float for a ``float`` field, no NaN
+   or infinity unless the default is infinite, ...).
+2. **Ranges**: a field may declare what it accepts with :func:`setting`
+   (``steps: int = setting(3000, ge=1)``, ``schedule: str = setting("cosine", choices=("cosine",
+   "constant"))``). Fields that declare nothing get the conventions of :data:`CONVENTIONS`, by
+   name: counts (``steps``, ``batch_size``, ``n_*``, ``*_every``, ``hidden`` ...) are >= 1,
+   learning rates and tolerances > 0, fractions in [0, 1], ``method`` a known solver,
+   ``gradient`` a known gradient method, and every int >= 0.
+3. **The config's own check**: a ``validate(self)`` method on the config class, for what only the
+   experiment knows (a data set name, one field bounded by another). It raises ``ValueError``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import math
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, Union
 
@@ -29,6 +47,10 @@ __all__ = [
     "field_types",
     "make_config",
     "parse_overrides",
+    "setting",
+    "validate_config",
+    "Accepts",
+    "CONVENTIONS",
 ]
 
 C = TypeVar("C")
@@ -192,11 +214,15 @@ def apply_overrides(config: C, items: Iterable[str] | Mapping[str, Any]) -> C:
     if isinstance(config, type) or not dataclasses.is_dataclass(config):
         raise TypeError(f"config must be a dataclass instance, got {config!r}")
     values = parse_overrides(config, items)
-    return dataclasses.replace(config, **values) if values else config
+    return dataclasses.replace(config, **values) if values else config  # type: ignore[type-var]
 
 
 def make_config(config_cls: type[C], *, quick: bool = False, overrides: Iterable[str] | Mapping[str, Any] = ()) -> C:
-    """Build the full (or, with ``quick=True``, the quick) config and apply ``overrides``."""
+    """Build the full (or, with ``quick=True``, the quick) config, apply ``overrides``, validate it.
+
+    Raises ``ValueError``/``TypeError`` naming the field, the value and what is accepted
+    (:func:`validate_config`).
+    """
     _check_config_class(config_cls)
     if quick:
         quick_fn = getattr(config_cls, "quick", None)
@@ -207,7 +233,9 @@ def make_config(config_cls: type[C], *, quick: bool = False, overrides: Iterable
             raise TypeError(f"{config_cls.__name__}.quick() must return a {config_cls.__name__}, got {base!r}")
     else:
         base = config_cls()
-    return apply_overrides(base, overrides)
+    config = apply_overrides(base, overrides)
+    validate_config(config)
+    return config
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -239,3 +267,238 @@ def config_from_dict(config_cls: type[C], data: Mapping[str, Any]) -> C:
             value = Path(value)
         values[key] = value
     return config_cls(**values)
+
+
+# ------------------------------------------------------------------------------------------
+# validation
+
+
+@dataclass(frozen=True)
+class Accepts:
+    """What a config field accepts beyond its type.
+
+    Numeric bounds (``ge``, ``gt``, ``le``, ``lt``) apply to a number and to every item of a
+    tuple/list; ``choices`` lists the accepted values (of a string: also each comma-separated
+    item when ``comma_list`` is set); ``check`` is any predicate with ``describe`` saying what
+    it accepts. ``None`` is accepted wherever the annotation allows it.
+    """
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    choices: tuple[Any, ...] | None = None
+    comma_list: bool = False
+    check: Callable[[Any], bool] | None = None
+    describe: str = ""
+
+    def text(self) -> str:
+        """What is accepted, for messages: ``an int >= 1``-style fragments."""
+        parts = []
+        for op, v in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt)):
+            if v is not None:
+                parts.append(f"{op} {v:g}")
+        if self.choices is not None:
+            what = "comma-separated items of" if self.comma_list else "one of"
+            parts.append(f"{what} {', '.join(map(repr, self.choices))}")
+        if self.describe:
+            parts.append(self.describe)
+        return " and ".join(parts)
+
+
+def setting(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING,
+            ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None,
+            choices: Iterable[Any] | None = None, comma_list: bool = False,
+            check: Callable[[Any], bool] | None = None, describe: str = "", help: str = "") -> Any:
+    """A dataclass field that declares what it accepts; :func:`validate_config` enforces it.
+
+    Example::
+
+        @dataclass
+        class Config:
+            steps: int = setting(3000, ge=1, help="Adam steps")
+            schedule: str = setting("cosine", choices=("cosine", "constant"))
+            variants: str = setting("plain,rnode", choices=("plain", "rnode"), comma_list=True)
+    """
+    accepts = Accepts(ge=ge, gt=gt, le=le, lt=lt, choices=None if choices is None else tuple(choices),
+                      comma_list=comma_list, check=check, describe=describe)
+    metadata = {"accepts": accepts, "help": help}
+    if default_factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def _known_method(value: Any) -> bool:
+    import neuralode
+
+    return value in neuralode.METHODS
+
+
+def _known_gradient(value: Any) -> bool:
+    from neuralode.gradient import resolve_gradient
+
+    try:
+        resolve_gradient(value)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+def _method_names() -> str:
+    import neuralode
+
+    return "a solver method: " + ", ".join(neuralode.METHODS)
+
+
+def _gradient_names() -> str:
+    from neuralode.adjoint import SHORTHANDS
+
+    return "a gradient method: " + ", ".join(["direct", *SHORTHANDS])
+
+
+_COUNT = Accepts(ge=1)
+_POSITIVE = Accepts(gt=0)
+_NONNEGATIVE = Accepts(ge=0)
+_FRACTION = Accepts(ge=0, le=1)
+
+CONVENTIONS: tuple[tuple[tuple[str, ...], tuple[type, ...], Accepts | Callable[[], Accepts]], ...] = (
+    # (name patterns, value types the rule applies to, what is accepted). The first match wins.
+    (("*seed*",), (int,), _NONNEGATIVE),
+    (("steps", "*_steps", "iters", "iterations", "*_iters", "epochs", "*_epochs", "batch_size", "*_batch_size",
+      "*_batch", "n_*", "*_every", "hidden", "*_hidden", "units", "latent", "dim", "grid", "panels",
+      "threads", "*_blocks", "*_samples", "*_images", "*_points", "*_snapshots", "*_window", "*_examples",
+      "*_patients", "*_counts", "max_*", "*_times", "*_size", "latent_dim"), (int,), _COUNT),
+    (("lr", "lr_*", "*_lr", "rtol", "atol", "*_rtol", "*_atol", "epochs", "*_epochs", "*_every", "step_size",
+      "*_step", "T", "t1", "t_max", "*_hours", "time_scale", "obs_std", "horizons"), (float,), _POSITIVE),
+    (("*_frac", "p_*", "split"), (float,), _FRACTION),
+    (("weight_decay", "*_weight", "*_std"), (float,), _NONNEGATIVE),
+    (("method", "*_method"), (str,),
+     lambda: Accepts(check=_known_method, describe=_method_names())),
+    (("gradient",), (str,), lambda: Accepts(check=_known_gradient, describe=_gradient_names())),
+    (("*",), (int,), _NONNEGATIVE),
+)
+
+
+def _convention(name: str, value: Any) -> Accepts | None:
+    for patterns, kinds, rule in CONVENTIONS:
+        if isinstance(value, kinds) and not isinstance(value, bool) and any(fnmatch.fnmatchcase(name, p) for p in patterns):
+            return rule() if callable(rule) and not isinstance(rule, Accepts) else rule  # type: ignore[return-value]
+    return None
+
+
+def _expect(tp: Any) -> str:
+    name = _type_name(tp)
+    return {"int": "an int", "float": "a float", "str": "a string", "bool": "a bool (true/false)"}.get(name, name)
+
+
+def _type_ok(value: Any, tp: Any, allow_inf: bool) -> bool:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return True
+    if tp is type(None):
+        return value is None
+    if _is_union(tp):
+        return any(_type_ok(value, a, allow_inf) for a in args)
+    if origin is typing.Literal:
+        return value in args
+    if origin in (tuple, list):
+        if not isinstance(value, (tuple, list)):
+            return False
+        if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+            return len(value) == len(args) and all(_type_ok(v, a, allow_inf) for v, a in zip(value, args))
+        item = args[0] if args else Any
+        return all(_type_ok(v, item, allow_inf) for v in value)
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is float:
+        return (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and (math.isfinite(value) or (allow_inf and not math.isnan(value))))
+    if tp is Path or (isinstance(tp, type) and issubclass(tp, Path)):
+        return isinstance(value, (str, Path))
+    if isinstance(tp, type):
+        return isinstance(value, tp)
+    return True
+
+
+def _items(value: Any) -> list[Any]:
+    return list(value) if isinstance(value, (tuple, list)) else [value]
+
+
+def _accepted(value: Any, rule: Accepts) -> bool:
+    for v in _items(value):
+        if v is None:
+            continue
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if rule.ge is not None and not v >= rule.ge:
+                return False
+            if rule.gt is not None and not v > rule.gt:
+                return False
+            if rule.le is not None and not v <= rule.le:
+                return False
+            if rule.lt is not None and not v < rule.lt:
+                return False
+        if rule.choices is not None:
+            if rule.comma_list and isinstance(v, str):
+                parts = [p.strip() for p in v.split(",")]
+                if not parts or any(p not in rule.choices for p in parts):
+                    return False
+            elif v not in rule.choices:
+                return False
+        if rule.check is not None and not rule.check(v):
+            return False
+    return True
+
+
+def _quick_values(cls: type) -> dict[str, Any]:
+    quick_fn = getattr(cls, "quick", None)
+    if not callable(quick_fn):
+        return {}
+    try:
+        q = quick_fn()
+    except Exception:  # noqa: BLE001 - a broken quick() is reported by make_config, not here
+        return {}
+    return {f.name: getattr(q, f.name, None) for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(q) else {}
+
+
+def validate_config(config: Any) -> None:
+    """Check every field of a config instance, then its own ``validate()`` if it has one.
+
+    Raises ``TypeError`` for a value of the wrong type and ``ValueError`` for one out of range,
+    each naming the field, the value and what is accepted (see the module docstring).
+    """
+    cls = _check_config_class(config)
+    if isinstance(config, type):
+        raise TypeError(f"validate_config needs a config instance, got the class {cls.__name__}")
+    types_ = field_types(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    quick = _quick_values(cls)
+    for name, tp in types_.items():
+        value = getattr(config, name)
+        f = fields[name]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        own = [v for v in (default, quick.get(name, None)) if v is not None]  # values the experiment uses
+        allow_inf = any(isinstance(v, float) and math.isinf(v) for v in own)
+        if not _type_ok(value, tp, allow_inf):
+            kind = "a finite number" if tp is float and isinstance(value, float) else _expect(tp)
+            raise TypeError(f"config field {name}={value!r} is not accepted: expected {kind} "
+                            f"({cls.__name__}.{name}: {_type_name(tp)})")
+        rule = f.metadata.get("accepts") if f.metadata else None
+        if rule is None:
+            for v in _items(value):
+                if v is not None:
+                    rule = _convention(name, v)
+                    break
+            # A convention never overrules the experiment: 0 in its own default or quick config
+            # means "off" (eval_every=0, warmup_steps=0), and a rule its own values break is dropped.
+            if rule in (_COUNT, _POSITIVE) and any(_items(v) and 0 in _items(v) for v in own):
+                rule = _NONNEGATIVE
+            if rule is not None and not all(_accepted(v, rule) for v in own):
+                rule = None
+        if rule is not None and not _accepted(value, rule):
+            each = "each item " if isinstance(value, (tuple, list)) else ""
+            raise ValueError(f"config field {name}={value!r} is not accepted: {each}must be {rule.text()}")
+    check = getattr(config, "validate", None)
+    if callable(check):
+        check()

@@ -209,7 +209,14 @@ def _check_resume_config(run_dir: Path, config_dict: dict[str, Any], seed: int, 
     path = run_dir / "config.json"
     if not path.exists():
         return
-    saved = json.loads(path.read_text(encoding="utf-8"))
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(saved, dict) or not isinstance(saved.get("config", {}), dict):
+            raise ValueError("not a run's config record")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ResumeMismatchError(
+            f"cannot resume {run_dir}: {path.name} is unreadable ({type(e).__name__}: {e}); the folder was left "
+            "untouched. Start afresh without --resume into a new --out folder, or restore config.json") from None
     diffs = [f"{k}: saved {saved['config'].get(k)!r}, now {v!r}" for k, v in config_dict.items()
              if saved.get("config", {}).get(k) != v]
     if saved.get("seed") != seed:

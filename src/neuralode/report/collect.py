@@ -191,8 +191,9 @@ def summary_report(runs: Sequence[Mapping[str, Any]], root: str | os.PathLike[st
         m = r.get("metrics")
         if isinstance(m, Mapping) and m:
             parts.append(metrics_table([{"metric": k, "value": v} for k, v in m.items()]))
+        run_dir = Path(d) if d is not None else root
         for fig in r.get("figures") or []:
-            parts.append(image(_rel(Path(d) / fig, root), Path(fig).stem.replace("_", " ")))
+            parts.append(image(_rel(run_dir / fig, root), Path(fig).stem.replace("_", " ")))
     return "\n".join(parts)
 
 
