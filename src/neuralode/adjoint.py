@@ -43,7 +43,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import math
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, NoReturn, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -53,8 +53,8 @@ from .errors import SolverError
 from .integrate import fixed_step_grid, graph_time_dtype, integrate, make_evaluate, replay_step
 from .methods import DEFAULT_METHOD, get_method
 from .problem import AdaptiveOptions, Callbacks, Problem, _tolerance, parse_options, unflatten
-from .solution import Solution, SolveStats, Status
-from .stepping import AcceptedStep
+from .solution import Solution, SolveStats, Status, TensorOrTuple
+from .stepping import AcceptedStep, Evaluate, Method, Scalar
 
 __all__ = ["Adjoint", "Checkpoint", "SHORTHANDS", "odeint_adjoint"]
 
@@ -81,7 +81,7 @@ def _module_parameters(module: nn.Module) -> List[torch.Tensor]:
     """The parameters of ``module``, also on an ``nn.DataParallel`` replica, whose parameters are
     plain tensor attributes (not in ``module.parameters()``), as torchdiffeq finds them."""
     if getattr(module, "_is_replica", False):
-        def tensor_attributes(m):
+        def tensor_attributes(m: nn.Module) -> List[Tuple[str, torch.Tensor]]:
             return [(k, v) for k, v in m.__dict__.items() if torch.is_tensor(v) and v.requires_grad]
 
         return [p for _, p in module._named_members(get_members_fn=tensor_attributes)]
@@ -95,11 +95,11 @@ def _needs_graph(problem: Problem, params: Sequence[torch.Tensor]) -> bool:
 def _check_params_arg(params: Any) -> Optional[Tuple[torch.Tensor, ...]]:
     if params is None:
         return None
-    params = tuple(params)  # a generator (module.parameters()) is read once, here
-    for i, p in enumerate(params):
+    checked: Tuple[torch.Tensor, ...] = tuple(params)  # a generator (module.parameters()) is read once, here
+    for i, p in enumerate(checked):
         if not isinstance(p, torch.Tensor):
             raise TypeError(f"params[{i}] must be a torch.Tensor; got {type(p).__name__}")
-    return params
+    return checked
 
 
 def _stats_detail(stats: SolveStats) -> str:
@@ -117,7 +117,7 @@ class _AugmentedField:
     call (a single ``torch.autograd.grad``), written into one fresh output vector.
     """
 
-    def __init__(self, func: Callable, shape: torch.Size, params: Tuple[torch.Tensor, ...]):
+    def __init__(self, func: Callable[..., Any], shape: torch.Size, params: Tuple[torch.Tensor, ...]) -> None:
         self.func = func
         self.shape = shape
         self.n = math.prod(shape)
@@ -134,6 +134,7 @@ class _AugmentedField:
         with torch.enable_grad():
             y = z[:n].view(self.shape).detach().requires_grad_(True)
             f = self.func(-r, y)
+            grads: Tuple[Optional[torch.Tensor], ...]
             if f.requires_grad:
                 grads = torch.autograd.grad(f, (y, *self.params), z[n:2 * n].view(self.shape), allow_unused=True)
             else:  # the field ignores both y and the parameters
@@ -166,8 +167,9 @@ def _norm_dtype(device: torch.device, real: torch.dtype) -> torch.dtype:
     return real if device.type == "mps" else torch.float64
 
 
-def _backward_norm(state_norm: Callable, n: int, shape: torch.Size, param_shapes: List[torch.Size], seminorm: bool,
-                   user_norm: Optional[Callable], tuple_shapes, like: torch.Tensor) -> Callable:
+def _backward_norm(state_norm: Callable[[torch.Tensor], Any], n: int, shape: torch.Size,
+                   param_shapes: List[torch.Size], seminorm: bool, user_norm: Optional[Callable[..., Any]],
+                   tuple_shapes: Optional[List[torch.Size]], like: torch.Tensor) -> Callable[[torch.Tensor], Any]:
     """The error norm of the backward solve.
 
     Default (torchdiffeq's): the largest of the forward norm of ``y``, of ``a``, and the RMS of
@@ -176,8 +178,10 @@ def _backward_norm(state_norm: Callable, n: int, shape: torch.Size, param_shapes
     """
     sizes = [math.prod(s) for s in param_shapes]
     if user_norm is not None:
-        def custom(x: torch.Tensor):
+        def custom(x: torch.Tensor) -> Any:
             y, a = x[:n], x[n:2 * n]
+            ys: Tuple[torch.Tensor, ...]
+            aa: Tuple[torch.Tensor, ...]
             if tuple_shapes is not None:
                 ys, aa = unflatten(y, tuple_shapes), unflatten(a, tuple_shapes)
             else:
@@ -192,7 +196,7 @@ def _backward_norm(state_norm: Callable, n: int, shape: torch.Size, param_shapes
     if sizes and not seminorm:
         roots = torch.tensor([math.sqrt(max(s, 1)) for s in sizes], dtype=wide, device=like.device)
 
-    def norm(x: torch.Tensor):
+    def norm(x: torch.Tensor) -> torch.Tensor:
         parts = [torch.as_tensor(state_norm(x[:n].view(shape))), torch.as_tensor(state_norm(x[n:2 * n].view(shape)))]
         out = torch.maximum(parts[0].to(x.device, wide), parts[1].to(x.device, wide))
         if roots is not None:
@@ -203,7 +207,7 @@ def _backward_norm(state_norm: Callable, n: int, shape: torch.Size, param_shapes
     return norm
 
 
-def _backward_grid_constructor(gc: Callable, problem_reversed: bool, user_time: bool) -> Callable:
+def _backward_grid_constructor(gc: Callable[..., Any], problem_reversed: bool, user_time: bool) -> Callable[..., Any]:
     """A grid constructor for the backward solve in ``r``.
 
     ``gc`` works in the forward internal time ``s`` (``user_time=False``) or in user time; the
@@ -218,7 +222,7 @@ def _backward_grid_constructor(gc: Callable, problem_reversed: bool, user_time: 
 class _BackwardSolver:
     """Everything the adjoint backward pass needs, validated when the forward pass runs."""
 
-    def __init__(self, problem: Problem, strategy: "Adjoint", params: Tuple[torch.Tensor, ...]):
+    def __init__(self, problem: Problem, strategy: "Adjoint", params: Tuple[torch.Tensor, ...]) -> None:
         self.problem = problem
         self.params = params
         y0 = problem.y0
@@ -255,10 +259,12 @@ class _BackwardSolver:
             func=self.field, y0=z_like, t=problem.t.detach()[:2], method=method,
             rtol=self._augment_tol(rtol, sizes), atol=self._augment_tol(atol, sizes), options=options, norm=norm,
             callbacks=self._callbacks(), on_failure="return")
-        self.stats: Optional[SolveStats] = None
+        self.stats = SolveStats()  # the forward solve's, once it ran
+        self.solution: Optional[Solution] = None  # the forward solution, handed over by forward()
         # The backward solve starts each segment with the forward solve's step size there (see
         # _first_step), when both solves use the same adaptive method and no first_step is set.
         self.forward_steps: Optional[Tuple[List[float], List[float]]] = None
+        self.step_scale = 1.0
         if (method.adaptive and method is problem.method and isinstance(options, AdaptiveOptions)
                 and options.first_step is None and isinstance(problem.rtol, float) and isinstance(rtol, float)):
             self.forward_steps = ([], [])
@@ -268,8 +274,10 @@ class _BackwardSolver:
 
     def record_step(self, step: AcceptedStep) -> None:
         """``on_accept`` of the forward solve: keeps the accepted steps' starts and sizes."""
-        self.forward_steps[0].append(step.t0)
-        self.forward_steps[1].append(step.t1 - step.t0)
+        if self.forward_steps is not None:
+            self.forward_steps[0].append(step.t0)
+            self.forward_steps[1].append(step.t1 - step.t0)
+        return None
 
     def _first_step(self, s: float) -> Optional[float]:
         """The forward step size at internal time ``s``: the backward solve's first step from there.
@@ -286,9 +294,9 @@ class _BackwardSolver:
             return None
         starts, sizes = self.forward_steps
         k = max(bisect.bisect_left(starts, s) - 1, 0)
-        return sizes[k] * self.step_scale
+        return float(sizes[k] * self.step_scale)
 
-    def _forward_options(self, method):
+    def _forward_options(self, method: Method) -> Any:
         """The forward solve's options, moved to backward time (torchdiffeq's default)."""
         forward = self.problem.options
         if method.parse_options is not self.problem.method.parse_options:  # another family: its defaults
@@ -301,13 +309,13 @@ class _BackwardSolver:
                 forward.grid_constructor, self.problem.reversed, user_time=False))
         return forward
 
-    def _augment_tol(self, tol, sizes):
+    def _augment_tol(self, tol: float | torch.Tensor, sizes: List[int]) -> float | torch.Tensor:
         if not isinstance(tol, torch.Tensor):
             return tol
         flat = tol.reshape(-1)
         return torch.cat([flat, flat, flat.min().expand(sum(sizes))])
 
-    def _user_time(self, r):
+    def _user_time(self, r: Any) -> Any:
         return r if self.problem.reversed else -r
 
     def _callbacks(self) -> Callbacks:
@@ -318,27 +326,28 @@ class _BackwardSolver:
             if cb is None or not callable(cb):
                 continue
 
-            def wrapped(r, z, dt, _cb=cb):  # in user time, like the forward callbacks: dt < 0 backward
+            def wrapped(r: Any, z: torch.Tensor, dt: Any, _cb: Callable[..., Any] = cb) -> Any:  # in user time, like the forward callbacks: dt < 0 backward
                 return _cb(self._user_time(r), self._split_user(z), self._user_time(dt))
 
             found[key] = wrapped
         return Callbacks(**found)
 
-    def _split_user(self, z: torch.Tensor):
+    def _split_user(self, z: torch.Tensor) -> Tuple[Any, ...]:
         """``(y, a, *param_grads)`` in the user's form, for the adjoint callbacks."""
         n = self.n
-        y, a = z[:n], z[n:2 * n]
+        y: TensorOrTuple
+        a: TensorOrTuple
         if self.problem.shapes is not None:
-            y, a = unflatten(y, self.problem.shapes), unflatten(a, self.problem.shapes)
+            y, a = unflatten(z[:n], self.problem.shapes), unflatten(z[n:2 * n], self.problem.shapes)
         else:
-            y, a = y.view(self.shape), a.view(self.shape)
+            y, a = z[:n].view(self.shape), z[n:2 * n].view(self.shape)
         grads = [g.view_as(p) for g, p in zip(z[2 * n:].split(self.field.sizes), self.params)]
         return (y, a, *grads)
 
     # ------------------------------------------------------------------ the backward pass
 
-    def _raise(self, status: Status, r: float):
-        raise SolverError(status, self._user_time(r), backward=True,
+    def _raise(self, status: Status, r: Optional[float]) -> NoReturn:
+        raise SolverError(status, self._user_time(r) if r is not None else math.nan, backward=True,
                           detail=f"adjoint method={self.template.method.name}, " + _stats_detail(self.stats))
 
     def _segment(self, z: torch.Tensor, t: torch.Tensor, i: int) -> torch.Tensor:
@@ -363,14 +372,16 @@ class _BackwardSolver:
         self.stats.n_rejected_backward += s.n_rejected
         if not solution.success:
             self._raise(solution.status, solution.t_reached)
-        return solution.ys[-1]
+        end: torch.Tensor = solution.ys[-1]
+        return end
 
-    def backward(self, t: torch.Tensor, ys: torch.Tensor, grad_ys: torch.Tensor, need_y0: bool, need_t: bool):
+    def backward(self, t: torch.Tensor, ys: torch.Tensor, grad_ys: torch.Tensor, need_y0: bool,
+                 need_t: bool) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], List[torch.Tensor]]:
         n = self.n
         n_out = ys.shape[0]
         func = self.problem.func
         gp = ys.new_zeros(sum(self.field.sizes))
-        t_grad = torch.zeros_like(t) if need_t else None
+        t_grad = torch.zeros_like(t)  # filled only when need_t
         a: Optional[torch.Tensor] = None
         for i in range(n_out - 1, 0, -1):
             g = grad_ys[i].reshape(-1)
@@ -401,17 +412,19 @@ class _AdjointFunction(torch.autograd.Function):
     """Forward: solve without a graph. Backward: solve the adjoint system."""
 
     @staticmethod
-    def forward(ctx, solver: _BackwardSolver, y0: torch.Tensor, t: torch.Tensor, *params: torch.Tensor):
+    def forward(ctx: Any, solver: _BackwardSolver, y0: torch.Tensor, t: torch.Tensor,
+                *params: torch.Tensor) -> torch.Tensor:
         solution = integrate(solver.problem, on_accept=solver.record_step if solver.forward_steps is not None else None)
         solver.solution = solution
         solver.stats = solution.stats
         ctx.solver = solver
-        ctx.save_for_backward(t, solution.ys)
-        return solution.ys
+        ys: torch.Tensor = solution.ys  # type: ignore[assignment]  # internal form: one stacked tensor
+        ctx.save_for_backward(t, ys)
+        return ys
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_ys: torch.Tensor):
+    def backward(ctx: Any, grad_ys: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
         t, ys = ctx.saved_tensors
         solver: _BackwardSolver = ctx.solver
         y0_grad, t_grad, param_grads = solver.backward(t, ys, grad_ys, ctx.needs_input_grad[1],
@@ -439,7 +452,7 @@ class Adjoint:
 
     def __init__(self, rtol: Any = None, atol: Any = None, method: Optional[str] = None,
                  options: Optional[Dict[str, Any]] = None, seminorm: bool = False,
-                 params: Optional[Iterable[torch.Tensor]] = None):
+                 params: Optional[Iterable[torch.Tensor]] = None) -> None:
         if method is not None:
             try:
                 get_method(method)
@@ -459,6 +472,8 @@ class Adjoint:
         solver = _BackwardSolver(problem, self, params)
         ys = _AdjointFunction.apply(solver, problem.y0, problem.t, *params)
         forward, solver.solution = solver.solution, None  # no cycle output -> ctx -> solver -> output
+        if forward is None:  # pragma: no cover - apply() always runs forward()
+            raise RuntimeError("the adjoint forward pass produced no solution")
         return Solution(ys=ys, ts=problem.t, stats=forward.stats, status=forward.status, t_reached=forward.t_reached)
 
     def __repr__(self) -> str:
@@ -480,12 +495,12 @@ class _Replay:
     stepping rules live in the loop alone.
     """
 
-    def __init__(self, problem: Problem, params: Tuple[torch.Tensor, ...]):
+    def __init__(self, problem: Problem, params: Tuple[torch.Tensor, ...]) -> None:
         self.problem = problem
         self.params = params
         self.records: List[AcceptedStep] = []
         self.solution: Optional[Solution] = None
-        self.stats: Optional[SolveStats] = None
+        self.stats = SolveStats()  # the forward solve's, once it ran
 
     def forward(self) -> Solution:
         records = self.records
@@ -493,17 +508,19 @@ class _Replay:
         self.stats = self.solution.stats
         return self.solution
 
-    def _evaluator(self):
+    def _evaluator(self) -> Evaluate:
         evaluate = make_evaluate(self.problem.func, self.problem.y0)
         stats = self.stats
 
-        def counted(t, y, perturb=0):
+        def counted(t: Scalar, y: torch.Tensor, perturb: int = 0) -> torch.Tensor:
             stats.nfe_backward += 1
             return evaluate(t, y, perturb)
 
         return counted
 
-    def _step_grads(self, outputs, grad_outputs, y_leaf, time_leaves):
+    def _step_grads(self, outputs: List[torch.Tensor], grad_outputs: List[torch.Tensor], y_leaf: torch.Tensor,
+                    time_leaves: List[torch.Tensor]) -> Tuple[torch.Tensor, Sequence[Optional[torch.Tensor]],
+                                                              Sequence[Optional[torch.Tensor]]]:
         """Backprop one replayed step; returns (dL/dy_n, [dL/dθ], [dL/d time leaf])."""
         inputs = (y_leaf, *self.params, *time_leaves)
         grads = torch.autograd.grad(outputs, inputs, grad_outputs, allow_unused=True)
@@ -511,17 +528,21 @@ class _Replay:
         k = 1 + len(self.params)
         return gy, grads[1:k], grads[k:]
 
-    def backward(self, grad_ys: torch.Tensor, need_t: bool):
+    def backward(self, grad_ys: torch.Tensor, need_t: bool
+                 ) -> Tuple[torch.Tensor, Optional[torch.Tensor], List[Optional[torch.Tensor]]]:
         problem = self.problem
         self.stats.n_accepted_backward += len(self.records)
-        stepper = problem.method.make_stepper(problem)
+        make_stepper = problem.method.make_stepper
+        if make_stepper is None:
+            raise TypeError(f"method {problem.method.name!r} cannot be checkpointed: it has no stepper to replay")
+        stepper = make_stepper(problem)
         evaluate = self._evaluator()
-        ts = problem.t.detach().tolist()
+        ts: List[float] = problem.t.detach().tolist()
         n_out = len(ts)
         times = _StepTimes(problem, self.records) if need_t else None
-        t_values = problem.t.detach().to(graph_time_dtype(problem)) if need_t else None
+        t_values = problem.t.detach().to(graph_time_dtype(problem))
         device = problem.y0.device
-        t_grad = torch.zeros(n_out, dtype=t_values.dtype, device=device) if need_t else None
+        t_grad = torch.zeros(n_out, dtype=t_values.dtype, device=device)  # filled only when need_t
 
         param_acc: List[Optional[torch.Tensor]] = [None] * len(self.params)
         g_next: Optional[torch.Tensor] = None
@@ -530,10 +551,14 @@ class _Replay:
             out_leaves: List[Tuple[int, torch.Tensor]] = []
             with torch.enable_grad():
                 y_leaf = rec.y0.detach().requires_grad_(True)
-                if need_t:
+                t0g: Scalar
+                t1g: Scalar
+                leaves: List[torch.Tensor]
+                tout: Callable[[int], Scalar]
+                if times is not None:
                     t0g, t1g, leaves = times.leaves(k)
 
-                    def tout(i):
+                    def tout(i: int) -> Scalar:
                         leaf = t_values[i].detach().requires_grad_(True)
                         out_leaves.append((i, leaf))
                         return leaf
@@ -549,13 +574,14 @@ class _Replay:
             g_next, gparams, gtimes = self._step_grads(outputs, grads_out, y_leaf, leaves + [x for _, x in out_leaves])
             for j, g in enumerate(gparams):
                 if g is not None:
-                    param_acc[j] = g if param_acc[j] is None else param_acc[j] + g
-            if need_t:
+                    prev = param_acc[j]
+                    param_acc[j] = g if prev is None else prev + g
+            if times is not None:
                 times.add(k, gtimes[:len(leaves)], t_grad)
                 for (i, _), g in zip(out_leaves, gtimes[len(leaves):]):
                     if g is not None:
                         t_grad[i] += g
-        t_out = times.finish(t_grad) if need_t else None
+        t_out = times.finish(t_grad) if times is not None else None
         y0_grad = grad_ys[0] if g_next is None else g_next + grad_ys[0]
         return y0_grad, t_out, param_acc
 
@@ -568,12 +594,12 @@ class _StepTimes:
     steps take their times from the grid, differentiated back to ``t`` at the end.
     """
 
-    def __init__(self, problem: Problem, records: List[AcceptedStep]):
+    def __init__(self, problem: Problem, records: List[AcceptedStep]) -> None:
         self.adaptive = isinstance(problem.options, AdaptiveOptions)
         t_values = problem.t.detach().to(graph_time_dtype(problem))
         self.t_last = t_values[-1]
         if self.adaptive:
-            self.starts = []
+            self.starts: List[torch.Tensor] = []
             tg = t_values[0]
             for rec in records:
                 self.starts.append(tg)
@@ -585,7 +611,7 @@ class _StepTimes:
                 self.grid = fixed_step_grid(problem, self.t_leaf)
             self.grid_grad = torch.zeros(self.grid.shape, dtype=self.grid.dtype, device=self.grid.device)
 
-    def leaves(self, k: int):
+    def leaves(self, k: int) -> Tuple[torch.Tensor, torch.Tensor, List[torch.Tensor]]:
         """``(t0, t1, leaves)`` of step ``k``: its times in the graph and the leaves they hang on."""
         if self.adaptive:
             rec = self.records[k]
@@ -598,7 +624,7 @@ class _StepTimes:
         t1 = self.grid[k + 1].detach().requires_grad_(True)
         return t0, t1, [t0, t1]
 
-    def add(self, k: int, grads, t_grad: torch.Tensor) -> None:
+    def add(self, k: int, grads: Sequence[Optional[torch.Tensor]], t_grad: torch.Tensor) -> None:
         if self.adaptive:
             if grads[0] is not None:
                 t_grad[0] += grads[0]
@@ -618,14 +644,15 @@ class _StepTimes:
 
 class _CheckpointFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, replay: _Replay, y0: torch.Tensor, t: torch.Tensor, *params: torch.Tensor):
+    def forward(ctx: Any, replay: _Replay, y0: torch.Tensor, t: torch.Tensor, *params: torch.Tensor) -> torch.Tensor:
         solution = replay.forward()
         ctx.replay = replay
-        return solution.ys
+        ys: torch.Tensor = solution.ys  # type: ignore[assignment]  # internal form: one stacked tensor
+        return ys
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_ys: torch.Tensor):
+    def backward(ctx: Any, grad_ys: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
         replay: _Replay = ctx.replay
         y0_grad, t_grad, param_grads = replay.backward(grad_ys, ctx.needs_input_grad[2])
         if t_grad is not None:
@@ -662,6 +689,8 @@ class Checkpoint:
         replay = _Replay(problem, params)
         ys = _CheckpointFunction.apply(replay, problem.y0, problem.t, *params)
         forward, replay.solution = replay.solution, None  # no cycle output -> ctx -> replay -> output
+        if forward is None:  # pragma: no cover - apply() always runs forward()
+            raise RuntimeError("the checkpointed forward pass produced no solution")
         return Solution(ys=ys, ts=problem.t, stats=forward.stats, status=forward.status, t_reached=forward.t_reached)
 
     def __repr__(self) -> str:
@@ -677,10 +706,11 @@ SHORTHANDS: Dict[str, Callable[[], Any]] = {
 
 # --------------------------------------------------------------------------- torchdiffeq's entry
 
-def odeint_adjoint(func: Callable, y0, t, *, rtol: Any = 1e-7, atol: Any = 1e-9, method: Optional[str] = None,
+def odeint_adjoint(func: Callable[..., Any], y0: TensorOrTuple, t: torch.Tensor, *, rtol: Any = 1e-7, atol: Any = 1e-9, method: Optional[str] = None,
                    options: Optional[Dict[str, Any]] = None, adjoint_rtol: Any = None, adjoint_atol: Any = None,
                    adjoint_method: Optional[str] = None, adjoint_options: Optional[Dict[str, Any]] = None,
-                   adjoint_params: Optional[Iterable[torch.Tensor]] = None, event_fn: Optional[Callable] = None):
+                   adjoint_params: Optional[Iterable[torch.Tensor]] = None,
+                   event_fn: Optional[Callable[..., Any]] = None) -> Any:
     """Drop-in replacement for ``torchdiffeq.odeint_adjoint``: same signature, defaults and results.
 
     Solves like :func:`neuralode.odeint` but computes gradients with the adjoint method

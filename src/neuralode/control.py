@@ -12,7 +12,8 @@ Tolerance = Union[float, torch.Tensor]
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
     """Root-mean-square over all elements (torchdiffeq's default error norm)."""
-    return torch.linalg.vector_norm(x) / math.sqrt(max(x.numel(), 1))
+    norm: torch.Tensor = torch.linalg.vector_norm(x)
+    return norm / math.sqrt(max(x.numel(), 1))
 
 
 def mixed_norm(sizes: Sequence[int]) -> Norm:
@@ -39,7 +40,7 @@ def error_ratio(error: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, rtol: T
 
 
 @torch.no_grad()
-def initial_step(evaluate, t0: float, y0: torch.Tensor, f0: torch.Tensor, order: int,
+def initial_step(evaluate: Callable[[float, torch.Tensor, int], torch.Tensor], t0: float, y0: torch.Tensor, f0: torch.Tensor, order: int,
                  rtol: Tolerance, atol: Tolerance, norm: Norm) -> float:
     """Hairer, Nørsett & Wanner's starting step (Solving ODEs I, II.4); one function evaluation.
 

@@ -15,7 +15,7 @@ class SolverError(RuntimeError):
         backward: True when the failure happened in the backward (adjoint) pass.
     """
 
-    def __init__(self, status: Status, t: float, *, backward: bool = False, detail: Optional[str] = None):
+    def __init__(self, status: Status, t: float, *, backward: bool = False, detail: Optional[str] = None) -> None:
         self.status = status
         self.t = t
         self.backward = backward

@@ -17,7 +17,7 @@ step sizes chosen by the controller stay constants, as in torchdiffeq).
 from __future__ import annotations
 
 import math
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple, cast
 
 import torch
 
@@ -25,23 +25,23 @@ from .control import PIController, error_ratio, fixed_grid, initial_step
 from .interpolate import evaluate_dense
 from .problem import AdaptiveOptions, Problem
 from .solution import Solution, SolveStats, Status
-from .stepping import AcceptedStep, DenseRows, Scalar, Stepper, StepObserver
+from .stepping import AcceptedStep, AdaptiveStepper, DenseRows, Evaluate, Scalar, Stepper, StepObserver
 
 _EPS = 2.220446049250313e-16
 Placement = Tuple[Tuple[int, bool], ...]
 
 
-def make_evaluate(func: Callable, y0: torch.Tensor) -> Callable:
+def make_evaluate(func: Callable[..., Any], y0: torch.Tensor) -> Evaluate:
     """``evaluate(t, y, perturb)`` calls the field with ``t`` as a 0-d tensor of the state's dtype
     (its real dtype for a complex state) on the state's device.
 
     ``perturb`` = +1/-1 evaluates just after/before ``t`` (one ulp), for discontinuities.
     """
     dtype, device = real_dtype(y0), y0.device
-    last = [None, None]  # the previous float time and its tensor: a step's end is the next one's start
+    last: List[Any] = [None, None]  # the previous float time and its tensor: a step's end is the next one's start
 
     def evaluate(t: Scalar, y: torch.Tensor, perturb: int = 0) -> torch.Tensor:
-        if type(t) is float:
+        if isinstance(t, float):
             if t == last[0]:
                 tt = last[1]
             else:
@@ -53,12 +53,13 @@ def make_evaluate(func: Callable, y0: torch.Tensor) -> Callable:
             with torch.no_grad():
                 moved = torch.nextafter(tt.detach(), tt.detach() + perturb)
             tt = tt + (moved - tt.detach())
-        return func(tt, y)
+        out: torch.Tensor = func(tt, y)
+        return out
 
     return evaluate
 
 
-def _check_field_output(f0, y0: torch.Tensor) -> None:
+def _check_field_output(f0: Any, y0: torch.Tensor) -> None:
     """One check of the field's output (shape and dtype) before the loop trusts it."""
     if not isinstance(f0, torch.Tensor):
         raise TypeError(f"func must return a tensor (dy/dt); got {type(f0).__name__}")
@@ -84,9 +85,9 @@ def graph_time_dtype(problem: Problem) -> torch.dtype:
     return problem.t.dtype
 
 
-def _time_tensors(problem: Problem, dtype: torch.dtype):
+def _time_tensors(problem: Problem, dtype: torch.dtype) -> Tuple[List[float], Optional[List[torch.Tensor]]]:
     """Output times as floats, and as graph-carrying tensors when gradients must reach ``t``."""
-    t_float = problem.t.detach().tolist()
+    t_float: List[float] = problem.t.detach().tolist()
     if problem.t.requires_grad and torch.is_grad_enabled():
         return t_float, list(problem.t.to(dtype).unbind())
     return t_float, None
@@ -104,12 +105,13 @@ def _finish(problem: Problem, outputs: List[torch.Tensor], n_out: int, stats: So
 # --------------------------------------------------------------------------- outputs
 
 def dense_outputs(placement: Placement, y0: torch.Tensor, y1: torch.Tensor, ks: List[torch.Tensor],
-                  f1: Optional[torch.Tensor], rows: DenseRows, needs_f1: bool, evaluate, t0g: Scalar, t1g: Scalar,
+                  f1: Optional[torch.Tensor], rows: DenseRows, needs_f1: bool, evaluate: Evaluate, t0g: Scalar, t1g: Scalar,
                   hg: Scalar, tout: Callable[[int], Scalar]) -> Tuple[List[torch.Tensor], Optional[torch.Tensor], int]:
     """The outputs one step writes: ``y1`` for those placed at its end, else its dense output at
     ``tout(i)``. Returns the states, ``f(t1, y1)`` (evaluated here once if the interpolant needs it
     and ``f1`` is None) and the number of evaluations made."""
-    states, nfe = [], 0
+    states: List[torch.Tensor] = []
+    nfe = 0
     for i, at_end in placement:
         if at_end:
             states.append(y1)
@@ -117,7 +119,7 @@ def dense_outputs(placement: Placement, y0: torch.Tensor, y1: torch.Tensor, ks: 
         if needs_f1 and f1 is None:
             f1 = evaluate(t1g, y1, 0)
             nfe += 1
-        ks_ext = ks + [f1] if needs_f1 else ks
+        ks_ext = ks + [f1] if needs_f1 and f1 is not None else ks
         states.append(evaluate_dense(rows, y0, ks_ext, hg, (tout(i) - t0g) / hg))
     return states, f1, nfe
 
@@ -130,8 +132,8 @@ class _Outputs:
     is interpolated even on a step's end, so its time stays in the graph.
     """
 
-    def __init__(self, y0: torch.Tensor, ts: List[float], ts_graph, stepper: Stepper, evaluate, stats: SolveStats,
-                 problem_t_requires_grad: bool):
+    def __init__(self, y0: torch.Tensor, ts: List[float], ts_graph: Optional[List[torch.Tensor]], stepper: Stepper,
+                 evaluate: Evaluate, stats: SolveStats, problem_t_requires_grad: bool) -> None:
         self.states = [y0]
         self.ts, self.ts_graph = ts, ts_graph
         self.rows, self.needs_f1 = stepper.rows, stepper.needs_f1
@@ -142,7 +144,7 @@ class _Outputs:
         self.count = len(ts)
         self.next = 1
         self.next_time = ts[1] if self.count > 1 else math.inf  # lets the loops skip steps with no output
-        self._tout = (lambda i: ts[i]) if ts_graph is None else (lambda i: ts_graph[i])
+        self._tout: Callable[[int], Scalar] = (lambda i: ts[i]) if ts_graph is None else (lambda i: ts_graph[i])
 
     @property
     def done(self) -> bool:
@@ -150,13 +152,15 @@ class _Outputs:
 
     def place(self, t1: float, end_is_node: bool) -> Placement:
         """Which outputs fall in the step ending at ``t1``: ``(index, taken as the step's end)``."""
-        ts, out, i = self.ts, [], self.next
+        ts, i = self.ts, self.next
+        out: List[Tuple[int, bool]] = []
         while i < self.count and ts[i] <= t1:
             out.append((i, ts[i] == t1 and (self.exact_ends or end_is_node or i == self.count - 1)))
             i += 1
         return tuple(out)
 
-    def write(self, placement: Placement, y0, y1, ks, f1, t0g: Scalar, t1g: Scalar, hg: Scalar):
+    def write(self, placement: Placement, y0: torch.Tensor, y1: torch.Tensor, ks: List[torch.Tensor],
+              f1: Optional[torch.Tensor], t0g: Scalar, t1g: Scalar, hg: Scalar) -> Optional[torch.Tensor]:
         """Write the placed outputs; returns ``f(t1, y1)`` if it was evaluated (else ``f1``)."""
         states, f1, nfe = dense_outputs(placement, y0, y1, ks, f1, self.rows, self.needs_f1, self.evaluate,
                                         t0g, t1g, hg, self._tout)
@@ -167,14 +171,16 @@ class _Outputs:
         return f1
 
 
-def _interpolant(outputs: _Outputs, y0, y1, ks, f1_box: list, t0g, t1g, hg):
+def _interpolant(outputs: _Outputs, y0: torch.Tensor, y1: torch.Tensor, ks: List[torch.Tensor],
+                 f1_box: List[Optional[torch.Tensor]], t0g: Scalar, t1g: Scalar, hg: Scalar) -> Callable[[Scalar], torch.Tensor]:
     """The dense output of one step as a function of time (for observers)."""
 
     def interpolate(t: Scalar) -> torch.Tensor:
         if outputs.needs_f1 and f1_box[0] is None:
             f1_box[0] = outputs.evaluate(t1g, y1, 0)
             outputs.stats.nfe += 1
-        ks_ext = ks + [f1_box[0]] if outputs.needs_f1 else ks
+        f1 = f1_box[0]
+        ks_ext = ks + [f1] if outputs.needs_f1 and f1 is not None else ks
         return evaluate_dense(outputs.rows, y0, ks_ext, hg, (t - t0g) / hg)
 
     return interpolate
@@ -205,13 +211,15 @@ def integrate(problem: Problem, on_accept: Optional[StepObserver] = None) -> Sol
     method = problem.method
     if method.integrate is not None:
         return method.integrate(problem, observers)
+    if method.make_stepper is None:
+        raise TypeError(f"method {method.name!r} has neither a stepper nor its own integrate")
     stepper = method.make_stepper(problem)
     if method.adaptive:
-        return _integrate_adaptive(problem, stepper, observers)
+        return _integrate_adaptive(problem, cast(AdaptiveStepper, stepper), observers)
     return _integrate_fixed(problem, stepper, observers)
 
 
-def replay_step(stepper: Stepper, evaluate, record: AcceptedStep, y0: torch.Tensor, t0g: Scalar, t1g: Scalar,
+def replay_step(stepper: Stepper, evaluate: Evaluate, record: AcceptedStep, y0: torch.Tensor, t0g: Scalar, t1g: Scalar,
                 tout: Callable[[int], Scalar]) -> Tuple[torch.Tensor, List[torch.Tensor]]:
     """Take the accepted step ``record`` again from ``y0`` (a leaf) with the forward pass's rules.
 
@@ -228,8 +236,8 @@ def replay_step(stepper: Stepper, evaluate, record: AcceptedStep, y0: torch.Tens
 
 # --------------------------------------------------------------------------- adaptive
 
-def _integrate_adaptive(problem: Problem, stepper: Stepper, observers: Tuple[StepObserver, ...]) -> Solution:
-    opts: AdaptiveOptions = problem.options  # type: ignore[assignment]
+def _integrate_adaptive(problem: Problem, stepper: AdaptiveStepper, observers: Tuple[StepObserver, ...]) -> Solution:
+    opts: AdaptiveOptions = problem.options
     y = problem.y0
     device = y.device
     time_dtype = graph_time_dtype(problem)
@@ -240,10 +248,11 @@ def _integrate_adaptive(problem: Problem, stepper: Stepper, observers: Tuple[Ste
     t: float = ts[0]
     tg: Scalar = ts_graph[0] if ts_graph else t
 
-    f0: Optional[torch.Tensor] = evaluate(tg, y, 0)
+    f_start = evaluate(tg, y, 0)
+    f0: Optional[torch.Tensor] = f_start
     f0_perturb = 0
     stats.nfe = 1
-    _check_field_output(f0, y)
+    _check_field_output(f_start, y)
     if n_out == 1:
         return _finish(problem, [y], n_out, stats, Status.SUCCESS, t)
 
@@ -259,7 +268,7 @@ def _integrate_adaptive(problem: Problem, stepper: Stepper, observers: Tuple[Ste
     if opts.first_step is not None:
         h = opts.first_step
     else:
-        h = initial_step(evaluate, t, y, f0, stepper.order, rtol, atol, norm)
+        h = initial_step(evaluate, t, y, f_start, stepper.order, rtol, atol, norm)
         stats.nfe += 1
     controller = PIController(stepper.order, opts.safety, opts.ifactor, opts.dfactor)
     span = abs(t_end - t)
@@ -460,7 +469,9 @@ def _integrate_fixed(problem: Problem, stepper: Stepper, observers: Tuple[StepOb
                         t_reached=problem.to_user_time(ts[-1]))
     first_bad = int((~finite).nonzero()[0])
     with torch.no_grad():
-        located = _integrate_fixed(problem, problem.method.make_stepper(problem), (),
+        make_stepper = problem.method.make_stepper
+        fresh = make_stepper(problem) if make_stepper is not None else stepper  # a stepper may keep history
+        located = _integrate_fixed(problem, fresh, (),
                                    locate_nonfinite=True).t_reached
     t_bad = ts[first_bad] if located is None else problem.to_user_time(located)  # back to internal time
     return _finish(problem, outputs.states[:first_bad], n_out, stats, Status.NONFINITE, t_bad)

@@ -38,7 +38,7 @@ def weights(rows: DenseRows, theta: Scalar) -> Sequence[Scalar]:
         powers.append(powers[-1] * theta)
     out = []
     for row in rows:
-        w = 0.0
+        w: Scalar = 0.0
         for p, x in zip(powers, row):
             if x != 0:
                 w = w + p * x

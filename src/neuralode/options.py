@@ -59,7 +59,8 @@ def describe(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def as_float(name: str, value: Any, *, minimum: float = None, positive: bool = False, maximum: float = None) -> float:
+def as_float(name: str, value: Any, *, minimum: Optional[float] = None, positive: bool = False,
+             maximum: Optional[float] = None) -> float:
     """``value`` as a float, or a ValueError/TypeError naming ``name``, the value and the range."""
     if isinstance(value, torch.Tensor):
         if value.numel() != 1:

@@ -33,9 +33,9 @@ CALLBACKS = ("callback_step", "callback_accept_step", "callback_reject_step")
 class Callbacks:
     """``callback_step``/``callback_accept_step``/``callback_reject_step`` found on ``func``."""
 
-    step: Optional[Callable] = None
-    accept: Optional[Callable] = None
-    reject: Optional[Callable] = None
+    step: Optional[Callable[..., Any]] = None
+    accept: Optional[Callable[..., Any]] = None
+    reject: Optional[Callable[..., Any]] = None
 
 
 @dataclass
@@ -69,13 +69,13 @@ class Problem:
     def is_tuple(self) -> bool:
         return self.shapes is not None
 
-    def replace(self, **changes) -> "Problem":
+    def replace(self, **changes: Any) -> "Problem":
         return dataclasses.replace(self, **changes)
 
     def to_user_time(self, t: float) -> float:
         return -t if self.reversed else t
 
-    def unpack(self, ys: torch.Tensor):
+    def unpack(self, ys: torch.Tensor) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:
         """Stacked internal states ``(T, *state)`` -> the user's form (a tuple for tuple states)."""
         if self.shapes is None:
             return ys
@@ -97,7 +97,7 @@ def unflatten(flat: torch.Tensor, shapes: Sequence[torch.Size], leading: Tuple[i
 class _TupleField:
     """The user's field on tuple states, as a field on the flat vector."""
 
-    def __init__(self, func: Callable, shapes: List[torch.Size]):
+    def __init__(self, func: Callable[..., Any], shapes: List[torch.Size]) -> None:
         self.func = func
         self.shapes = shapes
 
@@ -121,16 +121,17 @@ def _check_tuple_output(out: Any, shapes: List[torch.Size]) -> None:
 class _ReversedField:
     """``-f(-s, y)``: integrating in ``s = -t`` forward is integrating in ``t`` backward."""
 
-    def __init__(self, func: Callable):
+    def __init__(self, func: Callable[..., Any]) -> None:
         self.func = func
 
     def __call__(self, s: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return -self.func(-s, y)
+        out: torch.Tensor = -self.func(-s, y)
+        return out
 
 
 # --------------------------------------------------------------------------- validation
 
-def _tolerance(name: str, tol: Any, shapes: Optional[List[torch.Size]], like: torch.Tensor):
+def _tolerance(name: str, tol: Any, shapes: Optional[List[torch.Size]], like: torch.Tensor) -> Union[float, torch.Tensor]:
     """A scalar tolerance, one per element (a tensor), or (tuple states) one per component —
     given as a tuple, a list or a 1-D tensor, as torchdiffeq accepts — expanded over the flat vector."""
     real = like.real.dtype if like.is_complex() else like.dtype
@@ -152,21 +153,21 @@ def _tolerance(name: str, tol: Any, shapes: Optional[List[torch.Size]], like: to
     return _as_float(name, tol, minimum=0.0)
 
 
-def parse_options(method: Method, options: Optional[Dict[str, Any]], reversed_: bool):
+def parse_options(method: Method, options: Optional[Dict[str, Any]], reversed_: bool) -> Any:
     """The options object of ``method`` from the user's dict (see :mod:`neuralode.options`)."""
     if options is not None and not isinstance(options, dict):
         raise TypeError(f"options must be a dict; got {_describe(options)}")
     return method.parse_options(dict(options or {}), reversed_, method.name)
 
 
-def _find_callbacks(func: Any, problem_reversed: bool, shapes) -> Callbacks:
+def _find_callbacks(func: Any, problem_reversed: bool, shapes: Optional[List[torch.Size]]) -> Callbacks:
     found = {}
     for name, key in zip(CALLBACKS, ("step", "accept", "reject")):
         cb = getattr(func, name, None)
         if cb is None or not callable(cb):
             continue
 
-        def wrapped(t0, y0, dt, _cb=cb):
+        def wrapped(t0: float, y0: Any, dt: float, _cb: Callable[..., Any] = cb) -> Any:
             if shapes is not None:
                 y0 = unflatten(y0, shapes)
             if problem_reversed:  # report in the user's time: t0 and dt both run backward
@@ -184,14 +185,14 @@ def _warn_unused_callbacks(func: Any, method: Method) -> None:
         warnings.warn(f"method '{method.name}' does not call the callbacks {unused} defined on func", stacklevel=4)
 
 
-def make_problem(func: Callable, y0: Any, t: Any, *, method: Optional[str], rtol: Any, atol: Any,
+def make_problem(func: Callable[..., Any], y0: Any, t: Any, *, method: Optional[str], rtol: Any, atol: Any,
                  options: Optional[Dict[str, Any]], on_failure: str = "raise") -> Problem:
     """Check every argument of a solve and build its internal :class:`Problem`."""
     if not callable(func):
         raise TypeError(f"func must be callable as func(t, y); got {_describe(func)}")
     if on_failure not in ON_FAILURE:
         raise ValueError(f"on_failure must be one of {ON_FAILURE}; got {_describe(on_failure)}")
-    method = get_method(method)
+    meth = get_method(method)
 
     # --- state
     shapes = None
@@ -254,8 +255,8 @@ def make_problem(func: Callable, y0: Any, t: Any, *, method: Optional[str], rtol
     # --- tolerances and options
     rtol_v = _tolerance("rtol", rtol, shapes, y0_internal)
     atol_v = _tolerance("atol", atol, shapes, y0_internal)
-    opts = parse_options(method, options, reversed_)
-    if method.adaptive and isinstance(rtol_v, float) and isinstance(atol_v, float) and rtol_v == 0 and atol_v == 0:
+    opts = parse_options(meth, options, reversed_)
+    if meth.adaptive and isinstance(rtol_v, float) and isinstance(atol_v, float) and rtol_v == 0 and atol_v == 0:
         raise ValueError("rtol and atol are both 0: an adaptive method needs a positive tolerance")
 
     # --- the field in internal form
@@ -272,14 +273,14 @@ def make_problem(func: Callable, y0: Any, t: Any, *, method: Optional[str], rtol
     if isinstance(opts, AdaptiveOptions) and opts.norm is not None:
         norm = opts.norm
         if shapes is not None:
-            user_norm = norm
+            user_norm: Callable[..., Any] = norm  # takes the user's tuple
             norm = lambda x: user_norm(unflatten(x, shapes))  # noqa: E731
     elif shapes is not None:
         norm = mixed_norm([math.prod(s) for s in shapes])
     else:
         norm = rms_norm
 
-    _warn_unused_callbacks(func, method)
-    return Problem(func=internal, y0=y0_internal, t=t, method=method, rtol=rtol_v, atol=atol_v, options=opts,
+    _warn_unused_callbacks(func, meth)
+    return Problem(func=internal, y0=y0_internal, t=t, method=meth, rtol=rtol_v, atol=atol_v, options=opts,
                    norm=norm, callbacks=_find_callbacks(func, reversed_, shapes), on_failure=on_failure,
                    reversed=reversed_, shapes=shapes, user_func=func)

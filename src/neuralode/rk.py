@@ -16,7 +16,7 @@ built from differentiable tensor products instead.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -56,7 +56,7 @@ class Plan:
 _PLANS: Dict[ButcherTableau, Plan] = {}
 
 
-def plan_for(tableau: ButcherTableau, dtype: Optional[torch.dtype] = None, device=None) -> Plan:
+def plan_for(tableau: ButcherTableau, dtype: Optional[torch.dtype] = None, device: Any = None) -> Plan:
     """The cached :class:`Plan` of ``tableau`` (``dtype``/``device`` are accepted for callers
     that key plans by them; rows hold Python floats and serve every dtype and device).
 
@@ -103,11 +103,11 @@ def combine_row(base: Optional[torch.Tensor], ks: Sequence[torch.Tensor], row: R
 
 def combine(base: Optional[torch.Tensor], ks: Sequence[torch.Tensor], terms: Terms, h: Scalar) -> torch.Tensor:
     """``base + h Σ w_j ks[j]`` for ``(j, w)`` in ``terms``, term by term (``base=None`` means zero)."""
-    if type(h) is float:
+    if isinstance(h, float):
         if not terms:
             return torch.zeros_like(ks[0]) if base is None else base
         return _accumulate(base, ks, tuple(terms), h)
-    acc = None
+    acc: Optional[torch.Tensor] = None
     for j, w in terms:
         term = ks[j] * w
         acc = term if acc is None else acc + term
@@ -120,12 +120,14 @@ def combine(base: Optional[torch.Tensor], ks: Sequence[torch.Tensor], terms: Ter
 def combine_weights(base: torch.Tensor, ks: Sequence[torch.Tensor], weights: Sequence[Scalar], h: Scalar) -> torch.Tensor:
     """``base + h Σ weights[j] ks[j]`` (dense output) where the weights may be floats or 0-d tensors."""
     if type(h) is float and all(type(w) is float for w in weights):
-        terms = [(j, w) for j, w in enumerate(weights) if w != 0]
+        terms = [(j, float(w)) for j, w in enumerate(weights) if w != 0]
         return torch.add(base, combine(None, ks, terms, h)) if terms else base
-    acc = None
+    acc: Optional[torch.Tensor] = None
     for k, w in zip(ks, weights):
         term = k * (w.to(k.dtype) if isinstance(w, torch.Tensor) else w)
         acc = term if acc is None else acc + term
+    if acc is None:
+        return base
     hh = h.to(base.dtype) if isinstance(h, torch.Tensor) else h
     return base + acc * hh
 

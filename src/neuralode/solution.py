@@ -59,7 +59,7 @@ class SolveStats:
         """Attempted forward steps (accepted + rejected)."""
         return self.n_accepted + self.n_rejected
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "nfe": self.nfe,
             "n_accepted": self.n_accepted,

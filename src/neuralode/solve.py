@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import bisect
 
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple, cast, overload
 
 import torch
 from torch import nn
@@ -12,12 +12,12 @@ from torch import nn
 from .errors import SolverError
 from .gradient import resolve_gradient
 from .integrate import integrate
-from .problem import make_problem
+from .problem import Problem, make_problem
 from .solution import Solution, TensorOrTuple
 
 
 def solve(
-    func: Callable,
+    func: Callable[..., Any],
     y0: TensorOrTuple,
     t: torch.Tensor,
     *,
@@ -83,17 +83,18 @@ def solve(
     else:
         solution = strategy.solve(problem)
     if not solution.success and on_failure == "raise":
-        raise SolverError(solution.status, solution.t_reached, detail=_failure_detail(solution, problem))
-    solution.ys = problem.unpack(solution.ys)
+        t_reached = solution.t_reached if solution.t_reached is not None else float("nan")
+        raise SolverError(solution.status, t_reached, detail=_failure_detail(solution, problem))
+    solution.ys = problem.unpack(cast(torch.Tensor, solution.ys))  # the strategies return the stacked form
     if isinstance(t, torch.Tensor):
         solution.ts = t[:len(solution.ts)]
     return solution
 
 
-def _refuse_gradients(problem, func, gradient) -> None:
+def _refuse_gradients(problem: Problem, func: Any, gradient: Any) -> None:
     """A forward-only method (the SciPy bridge) cannot give gradients by backprop through its
     steps (the adjoint needs none): say so when any are asked for."""
-    wanted = []
+    wanted: List[str] = []
     if gradient != "direct":
         wanted.append(f"gradient={gradient!r}")
     if torch.is_grad_enabled():
@@ -110,14 +111,26 @@ def _refuse_gradients(problem, func, gradient) -> None:
                          f"solve, or use a method of this package")
 
 
-def _failure_detail(solution: Solution, problem) -> str:
+def _failure_detail(solution: Solution, problem: Problem) -> str:
     stats = solution.stats
     return (f"method={problem.method.name}, {stats.n_accepted} accepted and {stats.n_rejected} rejected steps, "
             f"{stats.nfe} function evaluations")
 
 
+@overload
+def odeint(func: Callable[..., Any], y0: TensorOrTuple, t: torch.Tensor, *, rtol: Any = ..., atol: Any = ...,
+           method: Optional[str] = ..., options: Optional[Dict[str, Any]] = ...,
+           event_fn: None = ...) -> TensorOrTuple: ...
+
+
+@overload
+def odeint(func: Callable[..., Any], y0: TensorOrTuple, t: torch.Tensor, *, rtol: Any = ..., atol: Any = ...,
+           method: Optional[str] = ..., options: Optional[Dict[str, Any]] = ...,
+           event_fn: Callable[..., Any]) -> Tuple[torch.Tensor, TensorOrTuple]: ...
+
+
 def odeint(
-    func: Callable,
+    func: Callable[..., Any],
     y0: TensorOrTuple,
     t: torch.Tensor,
     *,
@@ -125,8 +138,8 @@ def odeint(
     atol: Any = 1e-9,
     method: Optional[str] = None,
     options: Optional[Dict[str, Any]] = None,
-    event_fn: Optional[Callable] = None,
-) -> TensorOrTuple:
+    event_fn: Optional[Callable[..., Any]] = None,
+) -> TensorOrTuple | Tuple[torch.Tensor, TensorOrTuple]:
     """Drop-in replacement for ``torchdiffeq.odeint``: same signature, defaults and results.
 
     Returns the solution at the times ``t`` stacked along a new leading dimension (a tuple of
@@ -147,8 +160,9 @@ def odeint(
     return solve(func, y0, t, method=method, rtol=rtol, atol=atol, options=options).ys
 
 
-def solve_until_event(func: Callable, y0: TensorOrTuple, t: torch.Tensor, event_fn: Callable, *, method, rtol, atol,
-                      options, gradient: Any):
+def solve_until_event(func: Callable[..., Any], y0: TensorOrTuple, t: torch.Tensor, event_fn: Callable[..., Any], *,
+                      method: Optional[str], rtol: Any, atol: Any, options: Optional[Dict[str, Any]],
+                      gradient: Any) -> Tuple[torch.Tensor, TensorOrTuple]:
     """torchdiffeq's event mode of ``odeint``/``odeint_adjoint``: ``(event_t, [y0, y(event_t)])``."""
     from .events import solve_until_event as run
 
@@ -158,7 +172,7 @@ def solve_until_event(func: Callable, y0: TensorOrTuple, t: torch.Tensor, event_
 
 
 def odeint_dense(
-    func: Callable,
+    func: Callable[..., Any],
     y0: TensorOrTuple,
     t0: Any,
     t1: Any,
@@ -182,11 +196,12 @@ def odeint_dense(
     if problem.method.integrate is not None:
         raise ValueError(f"odeint_dense needs a method of this package; '{problem.method.name}' has no dense output "
                          f"of its own steps")
-    steps = []
+    steps: List[Tuple[float, float, Any]] = []  # (t0, t1, the step's interpolant)
     problem.observers = (lambda step: steps.append((step.t0, step.t1, step.interpolate)),)
     solution = integrate(problem)
     if not solution.success:
-        raise SolverError(solution.status, solution.t_reached, detail=_failure_detail(solution, problem))
+        t_reached = solution.t_reached if solution.t_reached is not None else float("nan")
+        raise SolverError(solution.status, t_reached, detail=_failure_detail(solution, problem))
     starts = [s[0] for s in steps]
     lo, hi = float(problem.t[0]), float(problem.t[-1])
     sign = -1.0 if problem.reversed else 1.0

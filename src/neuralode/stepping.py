@@ -62,6 +62,14 @@ class Stepper(Protocol):
              perturb_end: int) -> Tuple[torch.Tensor, List[torch.Tensor], int]: ...
 
 
+class AdaptiveStepper(Stepper, Protocol):
+    """A :class:`Stepper` of an adaptive method: ``order`` and ``error(ks, h)`` (see above)."""
+
+    order: int
+
+    def error(self, ks: List[torch.Tensor], h: float) -> torch.Tensor: ...
+
+
 @dataclass
 class AcceptedStep:
     """One accepted step, as the loop reports it to observers.

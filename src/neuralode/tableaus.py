@@ -83,7 +83,9 @@ class ButcherTableau:
             b_ext = list(self.b) + ([] if fsal else [0.0])
             if any(abs(x - y) > 1e-8 for x, y in zip(at_one, b_ext)):
                 raise ValueError(f"tableau {self.name}: dense output at θ=1 does not reproduce b")
-        nonzero = lambda row: tuple((j, float(w)) for j, w in enumerate(row) if w != 0)  # noqa: E731
+        def nonzero(row: Sequence[float]) -> tuple[tuple[int, float], ...]:
+            return tuple((j, float(w)) for j, w in enumerate(row) if w != 0)
+
         object.__setattr__(self, "a_terms", tuple(nonzero(row) for row in self.a))
         object.__setattr__(self, "b_terms", nonzero(self.b))
         object.__setattr__(self, "err_terms", nonzero(self.b_err) if self.b_err is not None else ())
@@ -143,7 +145,7 @@ def hermite_dense(b: Sequence[float], fsal: bool) -> Tuple[Tuple[float, ...], ..
     return tuple(rows)
 
 
-def _poly_mul(p: Sequence[float], q: Sequence[float]) -> list:
+def _poly_mul(p: Sequence[float], q: Sequence[float]) -> list[float]:
     out = [0.0] * (len(p) + len(q) - 1)
     for i, x in enumerate(p):
         for j, y in enumerate(q):
@@ -151,7 +153,7 @@ def _poly_mul(p: Sequence[float], q: Sequence[float]) -> list:
     return out
 
 
-def _poly_from_factors(scale: float, factors: Sequence[Sequence[float]]) -> list:
+def _poly_from_factors(scale: float, factors: Sequence[Sequence[float]]) -> list[float]:
     poly = [scale]
     for f in factors:
         poly = _poly_mul(poly, f)

@@ -38,7 +38,7 @@ runs its children in order, so :func:`backbone_with_fpn` can wrap it with torchv
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from torch import nn
 
@@ -158,7 +158,7 @@ class Backbone(nn.Sequential):
         total = 0
         for name, layer in self.named_children():
             if name.startswith("layer"):
-                total += count_parameters(layer.body)
+                total += count_parameters(cast(nn.Module, layer.body))  # a submodule (torch types it Tensor | Module)
         return total
 
 
