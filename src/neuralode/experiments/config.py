@@ -329,9 +329,9 @@ def setting(default: Any = dataclasses.MISSING, *, default_factory: Any = datacl
 
 
 def _known_method(value: Any) -> bool:
-    import neuralode
+    from neuralode.methods import method_names
 
-    return value in neuralode.METHODS
+    return value in method_names()
 
 
 def _known_gradient(value: Any) -> bool:
@@ -345,9 +345,9 @@ def _known_gradient(value: Any) -> bool:
 
 
 def _method_names() -> str:
-    import neuralode
+    from neuralode.methods import method_names
 
-    return "a solver method: " + ", ".join(neuralode.METHODS)
+    return "a solver method: " + ", ".join(method_names())
 
 
 def _gradient_names() -> str:
