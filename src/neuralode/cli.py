@@ -279,7 +279,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from neuralode import __version__
+
     parser = argparse.ArgumentParser(prog="neuralode", description="Neural ODE experiments: train, evaluate, report.")
+    parser.add_argument("--version", action="version", version=f"neuralode {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     common = argparse.ArgumentParser(add_help=False)

@@ -53,6 +53,7 @@ __all__ = [
     "headline_table",
     "headlines_for",
     "judge",
+    "target_text",
 ]
 
 Goal = Literal["higher", "lower", "match", "at_least", "at_most", "info"]
@@ -206,7 +207,8 @@ def _shown(value: Any, spec: Headline) -> str:
     return format_value(value)
 
 
-def _target_text(spec: Headline) -> str:
+def target_text(spec: Headline) -> str:
+    """The published/target column of a headline: ``≥ 99 (source)``, ``0.135 ± 0.013 (source)``, ``—``."""
     if spec.target is None:
         return "—"
     t = format_value(spec.target * spec.scale if spec.scale != 1 else spec.target)
@@ -220,7 +222,7 @@ def headline_rows(experiment: str, metrics: Mapping[str, Any] | None,
                   specs: Sequence[Headline] | None = None) -> list[dict[str, str]]:
     """Rows ``{experiment, result, measured, published / target, verdict}`` for a table."""
     return [{"experiment": experiment, "result": h.label, "measured": _shown(v, h),
-             "published / target": _target_text(h), "verdict": verdict.text}
+             "published / target": target_text(h), "verdict": verdict.text}
             for h, v, verdict in evaluate(experiment, metrics, specs)]
 
 
