@@ -17,7 +17,7 @@ step sizes chosen by the controller stay constants, as in torchdiffeq).
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, List, Optional, Sequence, Tuple, cast
+from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar, cast
 
 import torch
 
@@ -200,7 +200,15 @@ def _observe(observers: Sequence[StepObserver], record: AcceptedStep, outputs: _
     return None
 
 
-@torch.compiler.disable  # under torch.compile the loop runs eagerly: traced, it went wrong (see compiled.py)
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _eager(fn: _F) -> _F:
+    """``torch.compiler.disable``, keeping ``fn``'s signature for the type checker."""
+    return cast(_F, torch.compiler.disable(fn))
+
+
+@_eager  # under torch.compile the loop runs eagerly: traced, it went wrong (see compiled.py)
 def integrate(problem: Problem, on_accept: Optional[StepObserver] = None) -> Solution:
     """Solve ``problem``; returns a :class:`Solution` in internal form (flat state, internal time).
 

@@ -167,6 +167,8 @@ def _dense(rows, y0: torch.Tensor, ks: List[torch.Tensor], h: torch.Tensor, thet
             power = power * th
         if w is not None:
             acc = w * k if acc is None else acc + w * k
+    if acc is None:  # every weight is zero
+        return y0
     return y0 + _bcast(h, y0).to(y0.dtype) * acc
 
 
@@ -356,7 +358,7 @@ def solve_per_sample(
     solution.stats.n_accepted = total_acc
     solution.stats.n_rejected = total_rej
     if status is not Status.SUCCESS and on_failure == "raise":
-        raise SolverError(status, solution.t_reached,
+        raise SolverError(status, solution.t_reached if solution.t_reached is not None else float("nan"),
                           detail=f"method={tab.name}, per-sample stepping, {total_acc} accepted and {total_rej} "
                                  f"rejected steps over {batch} samples, {stats_nfe[0]} function evaluations")
     return solution

@@ -68,7 +68,7 @@ def solve(
             raise ValueError("per_sample_steps=True does not take events (use per_sample_events with shared steps)")
         from .persample import solve_per_sample
 
-        return solve_per_sample(func, y0, t, method=method, rtol=rtol, atol=atol, options=options,
+        return solve_per_sample(func, cast(torch.Tensor, y0), t, method=method, rtol=rtol, atol=atol, options=options,
                                 on_failure=on_failure, gradient=gradient)
     problem = make_problem(func, y0, t, method=method, rtol=rtol, atol=atol, options=options, on_failure=on_failure)
     strategy = resolve_gradient(gradient)
