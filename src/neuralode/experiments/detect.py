@@ -23,6 +23,15 @@ per-class AP; parameters (all / backbone / stage bodies); peak training memory (
 CPU, allocator peak on GPU) and the exact bytes autograd saves for backward (whole step and
 backbone alone); training and inference images/s; forward/backward NFE. The ODE-Net is also
 evaluated at other solver tolerances (accuracy vs NFE), and a box-at-random baseline is scored.
+
+Configurations: ``Config()`` is the full one (CIFAR-10 canvases of 128 px, 8,000 training
+canvases, 20 epochs, widths 32-64-128: a GPU run). ``--quick``: MNIST canvases, ~3 CPU-minutes
+on one thread. The largest run made on the 2-core CPU so far (README) was::
+
+    neuralode run detect --set image_size=96 --set width=8 --set n_stages=2 --set stem_stride=2 \
+        --set representation_size=128 --set n_train=400 --set n_val=60 --set n_test=150 \
+        --set max_objects=3 --set epochs=2 --set lr=2e-3 --set rtol=1e-2 --set atol=1e-2 \
+        --set rk_step=0.5 --set test_tolerances=0.1,0.01
 """
 
 from __future__ import annotations
