@@ -117,7 +117,7 @@ def make_splits(config: Config) -> dict[str, Any]:
 
         train_src, test_src = load_mnist("train"), load_mnist("test")
         kw: dict[str, Any] = {"mode": "ink"}
-        bgs = {"train": None, "val": None, "test": None}
+        bgs: dict[str, list[torch.Tensor] | None] = {"train": None, "val": None, "test": None}
     elif config.dataset == "cifar10":
         from neuralode.data.cifar10 import load_cifar10
 
@@ -189,6 +189,8 @@ def score(preds: list[dict], val_preds: list[dict] | None, data: dict[str, Any],
     from neuralode.experiments import detection_metrics as dm
 
     if threshold is None:
+        if val_preds is None:
+            raise ValueError("score() needs val_preds (to choose the threshold) or an explicit threshold")
         threshold = dm.best_f1_threshold(*dm.match_detections(val_preds, _truths(data["val"])))
     s, tp, n = dm.match_detections(preds, _truths(data["test"]))
     coco = dm.coco_map(preds, _truths(data["test"]), data["test"].classes)
