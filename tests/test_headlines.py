@@ -31,7 +31,7 @@ torch.set_num_threads(1)
     (0.2, Headline("g", "gap", 0.05, "at_most"), "missed", "missed by 0.15"),
     (2.0e5, Headline("p", "params", 2.2e5, "match", rtol=0.05), "off", "off by 2e+04"),
     (3.0, Headline("n", "nfe", goal="info"), "measured", "measured"),
-    (None, Headline("n", "nfe", 1.0), "missing", "not measured"),
+    (None, Headline("n", "nfe", 1.0), "missing", "not in this run"),
     (float("nan"), Headline("n", "nll", 1.0, "lower"), "missed", "not finite (nan)"),
 ])
 def test_verdicts_compare_the_measured_value_with_the_target(value, spec, status, text):
@@ -57,8 +57,8 @@ def test_declared_headlines_replace_the_defaults_and_derived_values_work(monkeyp
     table = headline_table([("cnf-2d", {"a": 30.0, "b": 40.0}), ("no-headlines", {"x": 1})])
     assert "| cnf-2d | NFE ratio | 0.75 | ≤ 1 | met |" in table
     assert "no-headlines" not in table
-    # an input of a derived value that is absent gives "not measured", never an exception
-    assert "not measured" in headline_table([("cnf-2d", {"a": 1.0})])
+    # an input of a derived value that is absent gives "not in this run", never an exception
+    assert "not in this run" in headline_table([("cnf-2d", {"a": 1.0})])
 
 
 def test_every_default_headline_is_two_to_five_numbers():

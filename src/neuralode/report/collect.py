@@ -100,7 +100,8 @@ def _verdict_counts(name: str, metrics: Any) -> str:
 
     counts = Counter(v.status for _, _, v in evaluate(name, metrics if isinstance(metrics, Mapping) else None))
     order = ["reproduced", "better", "met", "short", "missed", "off", "measured", "missing"]
-    return ", ".join(f"{counts[k]} {k}" for k in order if counts[k])
+    label = {"missing": "not in this run"}
+    return ", ".join(f"{counts[k]} {label.get(k, k)}" for k in order if counts[k])
 
 
 def run_report(run_dir: str | os.PathLike[str]) -> Path | None:

@@ -139,7 +139,7 @@ def _fmt(x: float) -> str:
 def judge(value: Any, spec: Headline) -> Verdict:
     """The verdict for ``value`` (a number from result.json, or None when absent)."""
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-        return Verdict("missing", "not measured" if value is None else f"not a number ({value!r})")
+        return Verdict("missing", "not in this run" if value is None else f"not a number ({value!r})")
     v = float(value)
     if not math.isfinite(v):
         return Verdict("missed" if spec.target is not None else "measured", f"not finite ({v})")

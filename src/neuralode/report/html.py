@@ -42,7 +42,7 @@ td.v-info { color: #57606a; }
 """
 
 _GOOD = ("reproduced", "better", "met")
-_BAD = ("short by", "missed by", "off by", "not finite", "not a number", "not measured")
+_BAD = ("short by", "missed by", "off by", "not finite", "not a number")
 _VERDICT_CELL = re.compile(r"<td>((?:reproduced|better|met|measured|short by|missed by|off by|not )[^<]*)</td>")
 _IMG = re.compile(r'<img([^>]*?)src="([^"]+)"([^>]*)>')
 _HREF = re.compile(r'href="([^"#:]+?)\.md(#[^"]*)?"')
