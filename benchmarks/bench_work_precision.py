@@ -340,7 +340,7 @@ def compare(p: Problem) -> dict:
     out: dict = {"families": {}, "best": {}}
     libs = sorted({pt["library"] for pt in p.points} - {"neuralode"})
     print(f"\n### {p.name}: ours / peer at equal error (NFE ratio, time ratio; * = vs the peer's cheapest "
-          f"point, which is less accurate than ours)")
+          f"point, which is less accurate than ours; < = our error is below every error the peer reached)")
     for fam in FAMILIES:
         mine = sorted((pt for pt in p.points if pt["library"] == "neuralode" and pt["family"] == fam),
                       key=lambda pt: -pt["tol"])
@@ -356,8 +356,8 @@ def compare(p: Problem) -> dict:
                 rn = None if cn is None else pt["nfe"] / cn
                 rt = None if ct is None else pt["time"] / ct
                 rows.append({"tol": pt["tol"], "nfe_ratio": rn, "time_ratio": rt})
-                cells.append(f"{pt['tol']:.0e}: " + ("n/a" if rn is None else f"{rn:.2f}{mark_n}") + "/"
-                             + ("n/a" if rt is None else f"{rt:.2f}{mark_t}"))
+                cells.append(f"{pt['tol']:.0e}: " + ("<" if rn is None else f"{rn:.2f}{mark_n}") + "/"
+                             + ("<" if rt is None else f"{rt:.2f}{mark_t}"))
             out["families"].setdefault(fam, {})[lib] = rows
             print(f"  {fam:7s} vs {lib:12s} " + "  ".join(cells))
     # Our best (any method) against the best peer (any library, any method), at our frontier's errors.

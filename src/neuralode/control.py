@@ -46,9 +46,9 @@ def initial_step(evaluate: Callable[[float, torch.Tensor, int], torch.Tensor], t
 
     ``h1 = (0.01 / max(d1, d2))^(1/(order+1))``. The loop passes the method's own order (as
     torchdyn does; torchdiffeq and Hairer's HINIT pass ``order - 1``): the larger first step
-    this gives saved a step on the short solves of neural ODEs (the MLP problem at rtol=1e-5:
-    14 evaluations instead of 20) at no loss of accuracy at equal work, and changed nothing
-    measurable on long solves (work–precision data in BENCHMARKS.md). Two host transfers:
+    this gives saved a step on some short neural-ODE solves (the work–precision MLP problem at
+    rtol=1e-5: 14 evaluations instead of 20) and changed nothing measurable on long solves
+    (data in BENCHMARKS.md). Two host transfers:
     ``d0`` and ``d1`` together, then ``d2``.
     """
     scale = y0.abs().mul(rtol).add_(atol)
