@@ -18,6 +18,7 @@ The test split is drawn independently of the training split (different seeds der
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,7 +93,7 @@ def spirals(n: int, *, turns: float = 1.5, noise: float = 0.05, radius: float = 
     return x[perm].astype(np.float32), labels[perm]
 
 
-_MAKERS = {"moons": moons, "annuli": annuli, "spirals": spirals}
+_MAKERS: dict[str, Callable[..., tuple[np.ndarray, np.ndarray]]] = {"moons": moons, "annuli": annuli, "spirals": spirals}
 
 
 def make_toy2d(name: str, n: int, *, seed: int = 0, **kwargs) -> Toy2D:

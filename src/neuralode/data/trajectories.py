@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 
@@ -64,7 +65,7 @@ def cubic_spiral(n_points: int = 1000, t_max: float = 25.0, y0: tuple[float, flo
     a = torch.tensor(CUBIC_A, dtype=torch.float64)
     t = torch.linspace(0.0, t_max, n_points, dtype=torch.float64)
     start = torch.tensor([y0], dtype=torch.float64)
-    ys = solve(lambda _t, y: (y**3) @ a, start, t, method="dopri5", rtol=1e-9, atol=1e-10).ys
+    ys = cast(torch.Tensor, solve(lambda _t, y: (y**3) @ a, start, t, method="dopri5", rtol=1e-9, atol=1e-10).ys)
     return Trajectories(t.float(), ys.float(), start.float(), a.float(), "cubic_spiral")
 
 

@@ -228,8 +228,9 @@ def train_variant(config: Config, run: Run, variant: str, data: dict, ckpt_state
     """
     cnf = make_cnf(config, variant).to(run.device)
     opt = torch.optim.Adam(cnf.parameters(), lr=config.lr)
-    step, history, train_time = 0, {"step": [], "nll": [], "nfe": [], "nfe_backward": [], "val_step": [],
-                                    "val_nll": []}, 0.0
+    history: dict[str, list[float]] = {"step": [], "nll": [], "nfe": [], "nfe_backward": [], "val_step": [],
+                                       "val_nll": []}
+    step, train_time = 0, 0.0
     if ckpt_state is not None:
         cnf.load_state_dict(ckpt_state["model"])
         opt.load_state_dict(ckpt_state["optimizer"])
@@ -402,14 +403,14 @@ def _figures(config: Config, run: Run, data, kde, g_nll, models, done, variants)
     times = torch.linspace(config.T, 0.0, n_t)
     fig, axes = figure(len(variants), n_t, size=(2.4, 2.4))
     axes = np.atleast_2d(axes)
-    color = torch.atan2(z[:, 1], z[:, 0]).numpy()
+    angle = torch.atan2(z[:, 1], z[:, 0]).numpy()
     wide = (min(bounds[0], -3.5), max(bounds[1], 3.5))
     for r, v in enumerate(variants):
         with _EvalTolerance(models[v], config), torch.no_grad():
             path = models[v].from_base(z.to(run.device), times=times).cpu().numpy()
         for c in range(n_t):
             ax = axes[r, c]
-            ax.scatter(path[c, :, 0], path[c, :, 1], c=color, s=1.0, cmap="hsv", alpha=0.6, linewidths=0)
+            ax.scatter(path[c, :, 0], path[c, :, 1], c=angle, s=1.0, cmap="hsv", alpha=0.6, linewidths=0)
             ax.set_xlim(wide)
             ax.set_ylim(wide)
             ax.set_aspect("equal")

@@ -38,7 +38,7 @@ the exact trace sums ``∂f_i/∂z_i`` over the whole batch with one gradient pe
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple, cast
 
 import torch
 from torch import nn
@@ -354,7 +354,8 @@ class CNF(SolveStatsMixin, nn.Module):
         solution = solve(_StateOnly(self.field.net), z, times_t, method=self.method, rtol=self.rtol,
                          atol=self.atol, options=self.options, gradient=self.gradient)
         self.stats = solution.stats
-        return solution.ys if times is not None else solution.ys[-1]
+        ys = cast(torch.Tensor, solution.ys)  # a tensor state gives tensor states
+        return ys if times is not None else ys[-1]
 
     def sample(self, n: int, *, generator: Optional[torch.Generator] = None,
                device: Any = None, dtype: Optional[torch.dtype] = None) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """The ODE block: a continuous-depth layer mapping z(t0) to z(t1) by solving dz/dt = f(t, z)."""
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Union, cast
 
 import torch
 from torch import nn
@@ -42,6 +42,8 @@ class ODEBlock(SolveStatsMixin, nn.Module):
     forward and backward NFE (``block.nfe``, ``block.nfe_backward``).
     """
 
+    t: torch.Tensor  # a buffer: the default output times
+
     def __init__(
         self,
         func: nn.Module,
@@ -72,7 +74,8 @@ class ODEBlock(SolveStatsMixin, nn.Module):
         solution = solve(self.func, z0, times, method=self.method, rtol=self.rtol, atol=self.atol,
                          options=self.options, gradient=self.gradient)
         self.stats = solution.stats
-        return solution.ys if t is not None else solution.ys[-1]
+        ys = cast(torch.Tensor, solution.ys)  # z0 is a tensor, so are the states
+        return ys if t is not None else ys[-1]
 
     def extra_repr(self) -> str:
         return (f"t={self.t.tolist()}, method={self.method!r}, rtol={self.rtol}, atol={self.atol}, "
