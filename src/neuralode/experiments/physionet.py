@@ -706,6 +706,7 @@ def _report(run, config, data, rows, baseline, curves, recon, nfe_curves, metric
                 "MSE x1e-3 (their def.)": f"{pub['mse_rpc'] * 1e3:.3f}" if "mse_rpc" in pub else "",
                 "extrap MSE x1e-3 (their def.)": f"{pub['extrap_mse_rpc'] * 1e3:.3f}" if "extrap_mse_rpc" in pub else "",
             })
+    table.append({"model": "predict training mean", "held-out interp MSE": f"{baseline['interp_mse']:.4f}"})
     per_seed = [{"model": r["model"], "seed": r["seed"], "AUC": r["auc"],
                  "DeLong 95% CI": f"[{r['auc_ci_lo']:.3f}, {r['auc_ci_hi']:.3f}]",
                  "bootstrap 95% CI": f"[{r['auc_boot_lo']:.3f}, {r['auc_boot_hi']:.3f}]",
