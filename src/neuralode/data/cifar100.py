@@ -31,6 +31,13 @@ ARCHIVE = Resource(
 _LABEL_KEYS = {"fine": ("fine_labels", "fine_label_names"), "coarse": ("coarse_labels", "coarse_label_names")}
 
 
+def _read(tf: tarfile.TarFile, name: str) -> bytes:
+    member = tf.extractfile(name)
+    if member is None:
+        raise ValueError(f"{name!r} is not a regular file in the archive {tf.name!r}")
+    return member.read()
+
+
 def load_cifar100(split: str = "train", *, labels: str = "fine", download: bool = True) -> ImageSet:
     """The CIFAR-100 ``"train"`` (50,000) or ``"test"`` (10,000) split as an :class:`ImageSet`.
 
@@ -44,8 +51,8 @@ def load_cifar100(split: str = "train", *, labels: str = "fine", download: bool 
     label_key, names_key = _LABEL_KEYS[labels]
     path = fetch(ARCHIVE, "cifar100", download=download)
     with tarfile.open(path, "r:gz") as tf:
-        x, y = parse_cifar_batch(tf.extractfile(f"cifar-100-python/{split}").read(), label_key)
-        meta = pickle.loads(tf.extractfile("cifar-100-python/meta").read(), encoding="bytes")
+        x, y = parse_cifar_batch(_read(tf, f"cifar-100-python/{split}"), label_key)
+        meta = pickle.loads(_read(tf, "cifar-100-python/meta"), encoding="bytes")
     meta = {k.decode() if isinstance(k, bytes) else k: v for k, v in meta.items()}
     if names_key not in meta:
         raise ValueError(f"{path}: meta lacks {names_key!r} (keys: {sorted(meta)})")

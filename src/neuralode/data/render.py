@@ -429,7 +429,7 @@ def load_depth_scenes(split: str, n: int, size: int, *, seed: int = 0, source: s
     prefix = _cached_prefix(split, n, size, seed) if cache and own else None
     if prefix is not None and len(prefix) >= n:
         return DepthSet(prefix.images[:n].clone(), prefix.depth[:n].clone(), name=prefix.name)
-    tex = load_textures(split, source=source) if own else textures
+    tex = textures if textures is not None else load_textures(split, source=source)
     data = render_scenes(n - (len(prefix) if prefix else 0), size, tex, seed=stream,
                          first=len(prefix) if prefix else 0)
     if prefix is not None:  # scene i depends only on (seed, i): extend the cached prefix

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,7 +119,7 @@ def _lr_lambda(warmup: int, total: int):
     return f
 
 
-def _model(config: Config, encoder: str, log_bias: float) -> torch.nn.Module:
+def _model(config: Config, encoder: str, log_bias: float) -> Any:
     from neuralode.nn.depth import make_depth_net
 
     if encoder == "vgg":
@@ -129,7 +130,7 @@ def _model(config: Config, encoder: str, log_bias: float) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def predict(model: torch.nn.Module, images: torch.Tensor, norm: _Norm, device: torch.device,
+def predict(model: Any, images: torch.Tensor, norm: _Norm, device: torch.device,
             batch_size: int) -> tuple[torch.Tensor, float, float]:
     """Depth of every image (CPU ``(N, H, W)``), inference images/s and mean forward NFE."""
     model.eval()
@@ -156,7 +157,7 @@ def _real_input(image: torch.Tensor, height: int) -> torch.Tensor:
     return x.round().clamp(0, 255).to(torch.uint8)
 
 
-def _evaluate_real(model: torch.nn.Module, scene: Any, norm: _Norm, device: torch.device,
+def _evaluate_real(model: Any, scene: Any, norm: _Norm, device: torch.device,
                    height: int) -> tuple[dict[str, float], torch.Tensor]:
     from neuralode.experiments.depth_metrics import depth_metrics
 
@@ -165,7 +166,7 @@ def _evaluate_real(model: torch.nn.Module, scene: Any, norm: _Norm, device: torc
     return depth_metrics(full, scene.depth, scene.valid, median_scale=True), full
 
 
-def _train(model: torch.nn.Module, train: Any, norm: _Norm, config: Config, run: Run, tag: str,
+def _train(model: Any, train: Any, norm: _Norm, config: Config, run: Run, tag: str,
            results: dict[str, Any]) -> dict[str, Any]:
     """Train one model (resumable); returns training measurements."""
     from neuralode.experiments.image_training import MemoryMeter, count_saved_bytes, global_batches
@@ -244,7 +245,7 @@ def _train(model: torch.nn.Module, train: Any, norm: _Norm, config: Config, run:
     }
 
 
-def _figure(rows: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]]) -> Any:
+def _figure(rows: Sequence[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]]) -> Any:
     """One row per scene: input, truth, each model's prediction (shared colour scale per row)."""
     from neuralode.report.plots import figure
 

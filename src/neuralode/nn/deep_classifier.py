@@ -24,10 +24,12 @@ DEEP_VARIANTS = tuple(f"{kind}{depth}" for depth in ("18", "34") for kind in ("r
 class DeepClassifier(nn.Module):
     """Backbone → global average pooling → linear. ``forward(x)`` returns logits ``(N, n_classes)``."""
 
+    backbone: Any  # a neuralode.nn.backbones.Backbone (out_channels, ode_blocks(), nfe)
+
     def __init__(self, backbone: nn.Module, n_classes: int) -> None:
         super().__init__()
         self.backbone = backbone
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(backbone.out_channels, n_classes))
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(self.backbone.out_channels, n_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))

@@ -152,7 +152,8 @@ class DepthDecoder(nn.Module):
                                           nn.ReLU(inplace=True)))
             c_below = c_out
         self.head = nn.Conv2d(c_below, 1, 1)
-        nn.init.constant_(self.head.bias, log_depth_bias)  # start near the training set's mean log-depth
+        if self.head.bias is not None:  # start near the training set's mean log-depth
+            nn.init.constant_(self.head.bias, log_depth_bias)
 
     def forward(self, skips: list[torch.Tensor], bottleneck: torch.Tensor) -> torch.Tensor:
         x = bottleneck
@@ -169,10 +170,12 @@ class DepthNet(nn.Module):
     ``depth(x)`` returns ``exp`` of it.
     """
 
+    encoder: Any  # VGGEncoder or ODEEncoder: .widths, forward -> (skips, bottleneck)
+
     def __init__(self, encoder: nn.Module, log_depth_bias: float = 0.0) -> None:
         super().__init__()
         self.encoder = encoder
-        self.decoder = DepthDecoder(encoder.widths, log_depth_bias)
+        self.decoder = DepthDecoder(self.encoder.widths, log_depth_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] % 32 or x.shape[-2] % 32:
@@ -182,7 +185,7 @@ class DepthNet(nn.Module):
     def depth(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward(x).exp()
 
-    def ode_blocks(self) -> list[nn.Module]:
+    def ode_blocks(self) -> list[Any]:
         return list(getattr(self.encoder, "blocks", []))
 
     def nfe(self) -> tuple[int, int]:
