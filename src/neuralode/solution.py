@@ -24,7 +24,15 @@ class Status(enum.Enum):
         "step_size_underflow",
         "the step size underflowed (the problem may be stiff, or the solution may blow up here).",
         "Remedies: loosen rtol/atol, set options['min_step'] (steps of that size are always accepted), "
-        "or use a fixed-step method.",
+        "or use a fixed-step method. If the problem is stiff (fast decaying modes beside slow ones), use an "
+        "implicit method: method='kvaerno5' (tight tolerances) or 'rosenbrock23' (loose ones).",
+    )
+    NEWTON_FAILURE = (
+        "newton_failure",
+        "the implicit method's Newton iteration did not converge, even with a fresh Jacobian at the smallest "
+        "step allowed.",
+        "Remedies: raise options['max_iters'], loosen rtol/atol, check the field for points where it is not "
+        "differentiable (its Jacobian comes from autograd), or use method='rosenbrock23' (no nonlinear solve).",
     )
     NONFINITE = (
         "nonfinite_state",
@@ -53,6 +61,9 @@ class SolveStats:
     nfe_backward: int = 0
     n_accepted_backward: int = 0
     n_rejected_backward: int = 0
+    n_newton_iters: int = 0  # implicit methods: Newton iterations, Jacobian evaluations, LU factorisations
+    n_jacobians: int = 0
+    n_factorizations: int = 0
 
     @property
     def n_steps(self) -> int:
@@ -68,6 +79,9 @@ class SolveStats:
             "nfe_backward": self.nfe_backward,
             "n_accepted_backward": self.n_accepted_backward,
             "n_rejected_backward": self.n_rejected_backward,
+            "n_newton_iters": self.n_newton_iters,
+            "n_jacobians": self.n_jacobians,
+            "n_factorizations": self.n_factorizations,
         }
 
 
