@@ -33,6 +33,8 @@ from .tableaus import hermite_dense
 
 Scalar = "float | torch.Tensor"
 NEWTON_KAPPA = 0.03  # stop when the predicted Newton error is below 3% of the tolerance (Hairer's fnewt)
+FIRST_ETA_FLOOR = 0.5  # smallest carried-over θ/(1-θ) in the first iteration's convergence test
+REFRESH_RATE = 1e-3  # refresh the Jacobian after a solve that contracted slower than this (RADAU5's THET)
 
 
 @dataclass
@@ -146,6 +148,7 @@ class ImplicitRKStepper:
             self.d = (torch.tensor(tableau.b, dtype=torch.float64) @ A_inv).tolist()
         self.error_weights = tableau.b_err
         self._failed = False
+        self._last_start: Optional[Tuple[float, torch.Tensor]] = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -170,7 +173,11 @@ class ImplicitRKStepper:
         if hf == 0.0:
             return y0, [f0] * self.s, 0
         m = self.matrices
-        m.ensure(t0f, y0)
+        # A retry from the same start means the last attempt was rejected: with an old Jacobian,
+        # take a fresh one here (Hairer's RADAU5 heuristic).
+        retry = self._last_start is not None and self._last_start[0] == t0f and self._last_start[1] is y0
+        self._last_start = (t0f, y0)
+        m.ensure(t0f, y0, force=retry)
         if m.krylov and torch.is_grad_enabled() and (y0.requires_grad or f0.requires_grad):
             raise ValueError("options['jacobian']='krylov' solves its linear systems without a graph, so "
                              "gradient='direct' cannot differentiate through it; use gradient='adjoint' "
@@ -203,11 +210,11 @@ class ImplicitRKStepper:
     def _solve(self, residual, z0, coef, scale):
         factor = self.matrices.factor(coef)
         result = newton(residual, z0, factor, lambda dz: self._norm(dz, scale), NEWTON_KAPPA, self.max_iters,
-                        max(self.eta, 1e-4) ** 0.8)
+                        max(self.eta, FIRST_ETA_FLOOR) ** 0.8)
         self.counters.newton_iterations += result.iterations
         if result.converged:
             self.eta = result.rate / (1 - result.rate) if result.rate > 0 else self.eta
-            if result.rate > 0.3 or result.iterations > 4:
+            if result.rate > REFRESH_RATE or result.iterations > 4:
                 self.matrices.refresh_next = True
         return result
 

@@ -1,0 +1,234 @@
+"""The implicit methods: tableaus, convergence orders on a stiff linear system, stability,
+the Jacobian forms, Newton failures, and the torchdiffeq option surface.
+
+The stiff linear system y' = M y has eigenvalues -1 and -1000 and the closed form
+expm(M t) y0. L-stable methods are measured from a generic y0 (the stiff mode is damped by
+R(-1000 h) → 0 in the first steps). Methods that are A- but not L-stable (the Gauss methods,
+the trapezoidal rule) keep |R(-1000 h)| ≈ 1 at these steps, so a stiff component would
+ring for the whole run; they are measured from y0 on the slow eigenvector, where the stiff
+mode is only excited by the method's own errors (and must stay bounded).
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import neuralode
+from neuralode.implicit import ImplicitRKStepper
+from neuralode.implicit_tableaus import IMPLICIT_METHODS, ImplicitTableau
+from neuralode.newton import batched_jacobian, dense_jacobian, gmres, samples_independent
+from neuralode.control import rms_norm
+from neuralode.rosenbrock import Rosenbrock23Stepper
+from problems import log_log_slope
+from stiff_problems import linear_exact, robertson, slow_eigenvector, stiff_linear_matrix
+
+FIXED = ("implicit_euler", "implicit_midpoint", "trapezoid", "radauIIA3", "radauIIA5", "gl4", "gl6", "sdirk2",
+         "trbdf2")
+L_STABLE = {"implicit_euler", "radauIIA3", "radauIIA5", "sdirk2", "trbdf2", "kvaerno3", "kvaerno5"}
+STEP_COUNTS = {1: (16, 32, 64, 128), 2: (16, 32, 64, 128), 3: (8, 16, 32, 64), 4: (4, 8, 16, 32),
+               5: (4, 8, 16, 32), 6: (2, 4, 8, 16)}
+
+
+def _field(M):
+    return lambda t, y: y @ M.T
+
+
+def _y0(name):
+    return torch.tensor([2.0, 0.5], dtype=torch.float64) if name in L_STABLE else slow_eigenvector()
+
+
+# --------------------------------------------------------------------------- tableaus
+
+def test_every_implicit_tableau_declares_its_structure():
+    for name, tab in IMPLICIT_METHODS.items():
+        assert tab.l_stable == (name in L_STABLE), name
+        z = -1e-2  # R(z) = e^z + O(z^(p+1)) near 0
+        assert abs(tab.stability(z) - math.exp(z)) < abs(z) ** (tab.order + 1) + 1e-14, name
+    assert IMPLICIT_METHODS["kvaerno5"].explicit_first and IMPLICIT_METHODS["kvaerno5"].stiffly_accurate
+    assert not IMPLICIT_METHODS["radauIIA5"].diagonally_implicit
+    assert IMPLICIT_METHODS["kvaerno3"].adaptive and not IMPLICIT_METHODS["trbdf2"].adaptive
+
+
+def test_an_inconsistent_implicit_tableau_is_rejected_naming_the_fault():
+    with pytest.raises(ValueError, match="row 0 of a sums to"):
+        ImplicitTableau("bad", 1, c=(0.5,), a=((1.0,),), b=(1.0,))
+    with pytest.raises(ValueError, match="cannot have order 3"):
+        ImplicitTableau("bad", 3, c=(1 / 3, 1.0), a=((5 / 12, -1 / 12), (3 / 4, 1 / 4)), b=(0.5, 0.5))
+    with pytest.raises(ValueError, match="b_err sums to"):
+        ImplicitTableau("bad", 1, c=(1.0,), a=((1.0,),), b=(1.0,), b_err=(0.1,))
+
+
+# --------------------------------------------------------------------------- orders
+
+@pytest.mark.parametrize("method", FIXED)
+def test_fixed_step_implicit_error_falls_at_the_declared_order_on_a_stiff_system(method):
+    M = stiff_linear_matrix()
+    y0 = _y0(method)
+    order = IMPLICIT_METHODS[method].order
+    exact = linear_exact(M, y0, 1.0)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    hs, errors = [], []
+    for n in STEP_COUNTS[order]:
+        ys = neuralode.odeint(_field(M), y0, t, method=method, rtol=1e-13, atol=1e-15, options={"step_size": 1.0 / n})
+        hs.append(1.0 / n)
+        errors.append(float((ys[-1] - exact).abs().max()))
+    slope = log_log_slope(hs, errors)
+    assert abs(slope - order) <= 0.3, f"{method}: measured order {slope:.2f}, declared {order}; errors {errors}"
+
+
+@pytest.mark.parametrize("method", ("kvaerno3", "kvaerno5", "rosenbrock23"))
+def test_adaptive_implicit_steps_have_the_declared_order_at_fixed_step_sizes(method):
+    M = stiff_linear_matrix()
+    f = _field(M)
+    y0 = torch.tensor([2.0, 0.5], dtype=torch.float64)
+    exact = linear_exact(M, y0, 1.0)
+    order = 2 if method == "rosenbrock23" else IMPLICIT_METHODS[method].order
+    hs, errors = [], []
+    for n in (8, 16, 32, 64) if order == 5 else STEP_COUNTS[order]:
+        if method == "rosenbrock23":
+            stepper = Rosenbrock23Stepper(f, "dense")
+        else:
+            stepper = ImplicitRKStepper(IMPLICIT_METHODS[method], f, 1e-13, 1e-15, rms_norm, 20, "dense")
+        h, y, fy = 1.0 / n, y0, f(0.0, y0)
+        for i in range(n):
+            y, ks, _ = stepper.step(lambda tt, yy, p=0: f(tt, yy), i * h, h, (i + 1) * h, y, fy)
+            fy = ks[-1] if stepper.fsal else f((i + 1) * h, y)
+        hs.append(h)
+        errors.append(float((y - exact).abs().max()))
+    slope = log_log_slope(hs, errors)
+    assert abs(slope - order) <= 0.3, f"{method}: measured order {slope:.2f}, declared {order}; errors {errors}"
+
+
+@pytest.mark.parametrize("method", ("kvaerno3", "kvaerno5", "rosenbrock23"))
+def test_adaptive_implicit_error_tightens_with_the_tolerance(method):
+    M = stiff_linear_matrix()
+    y0 = torch.tensor([2.0, 0.5], dtype=torch.float64)
+    t = torch.linspace(0, 2, 5, dtype=torch.float64)
+    exact = torch.stack([linear_exact(M, y0, float(s)) for s in t])
+    errors, steps = [], []
+    for tol in (1e-3, 1e-5, 1e-7):
+        sol = neuralode.solve(_field(M), y0, t, method=method, rtol=tol, atol=tol)
+        errors.append(float((sol.ys - exact).abs().max()))
+        steps.append(sol.stats.n_accepted)
+        assert errors[-1] < 100 * tol, (tol, errors)  # a global error: local errors add up
+    assert errors[0] > errors[1] > errors[2], errors
+    assert steps[2] < 2000
+
+
+# --------------------------------------------------------------------------- stability
+
+@pytest.mark.parametrize("method", FIXED)
+def test_a_huge_step_on_a_very_stiff_decay_stays_bounded(method):
+    # y' = -1e6 y with h = 1: hλ = -1e6. L-stable methods damp it to ~1/|hλ| per step;
+    # A-stable ones keep |y| <= 1 (no growth) but do not damp.
+    t = torch.tensor([0.0, 5.0], dtype=torch.float64)
+    y0 = torch.tensor([1.0], dtype=torch.float64)
+    ys = neuralode.odeint(lambda s, y: -1e6 * y, y0, t, method=method, options={"step_size": 1.0})
+    final = float(ys[-1].abs())
+    if method in L_STABLE:
+        assert final < 1e-5, final
+    else:
+        assert final <= 1.0 + 1e-9, final
+
+
+def test_an_explicit_method_underflowing_suggests_an_implicit_one():
+    # y' = y² from y(0) = 1 blows up at t = 1: dopri5's steps underflow on the way.
+    with pytest.raises(neuralode.SolverError, match="implicit method: method='kvaerno5'"):
+        neuralode.odeint(lambda t, y: y**2, torch.tensor([1.0], dtype=torch.float64),
+                         torch.tensor([0.0, 2.0], dtype=torch.float64))
+
+
+# --------------------------------------------------------------------------- Jacobians
+
+class _PerSampleMLP(torch.nn.Module):
+    def __init__(self, d=3):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(d, 8), torch.nn.Tanh(), torch.nn.Linear(8, d)).double()
+
+    def forward(self, t, y):
+        return self.net(y) - 50.0 * y
+
+
+def test_batched_jacobians_equal_the_blocks_of_the_dense_one():
+    torch.manual_seed(0)
+    field = _PerSampleMLP()
+    y = torch.randn(5, 3, dtype=torch.float64)
+    t = torch.tensor(0.3, dtype=torch.float64)
+    J = dense_jacobian(field, t, y)
+    Jb = batched_jacobian(field, t, y)
+    for b in range(5):
+        torch.testing.assert_close(Jb[b], J[3 * b:3 * b + 3, 3 * b:3 * b + 3])
+    # the same through plain vector-Jacobian products (fields torch.func cannot transform)
+    from neuralode.newton import _batched_jacobian_vjp
+    torch.testing.assert_close(_batched_jacobian_vjp(field, t, y, False), Jb)
+    assert samples_independent(field, t, y)
+    assert not samples_independent(lambda s, yy: yy - yy.mean(0), t, y)
+
+
+@pytest.mark.parametrize("mode", ("batched", "krylov"))
+def test_batched_and_krylov_solves_equal_the_dense_solve(mode):
+    k = torch.logspace(-1, 1, 4, dtype=torch.float64)[:, None] * torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64)
+    y0 = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64).repeat(4, 1)
+    t = torch.tensor([0.0, 0.1, 1.0], dtype=torch.float64)
+
+    def field(s, y):
+        return robertson(s, y, (0.04 * k[:, 0], 3e7 * k[:, 1], 1e4 * k[:, 2]))
+
+    dense = neuralode.solve(field, y0, t, method="kvaerno3", rtol=1e-7, atol=1e-11, options={"jacobian": "dense"})
+    other = neuralode.solve(field, y0, t, method="kvaerno3", rtol=1e-7, atol=1e-11, options={"jacobian": mode})
+    tol = 1e-9 if mode == "batched" else 1e-6
+    torch.testing.assert_close(other.ys, dense.ys, rtol=tol, atol=tol)
+    assert dense.stats.n_jacobians >= 1 and dense.stats.n_factorizations >= 1 and dense.stats.n_newton_iters > 0
+
+
+def test_gmres_solves_a_nonsymmetric_system():
+    torch.manual_seed(0)
+    A = torch.eye(20, dtype=torch.float64) * 3 + 0.3 * torch.randn(20, 20, dtype=torch.float64)
+    b = torch.randn(20, dtype=torch.float64)
+    x = gmres(lambda v: A @ v, b, restart=20, rtol=1e-12)
+    torch.testing.assert_close(A @ x, b, rtol=1e-9, atol=1e-9)
+
+
+# --------------------------------------------------------------------------- failures and options
+
+def test_newton_non_convergence_returns_a_status_instead_of_hanging():
+    # The stage equation Y = y0 - h·sign(Y) has no root once |y0| < h: Newton cannot converge.
+    def field(t, y):
+        return -torch.sign(y)
+
+    y0 = torch.tensor([0.5], dtype=torch.float64)
+    t = torch.tensor([0.0, 2.0], dtype=torch.float64)
+    sol = neuralode.solve(field, y0, t, method="kvaerno3", options={"min_step": 1e-2}, on_failure="return")
+    assert sol.status is neuralode.Status.NEWTON_FAILURE
+    assert 0.3 < sol.t_reached < 0.6
+    sol = neuralode.solve(field, y0, t, method="implicit_euler", options={"step_size": 0.25}, on_failure="return")
+    assert sol.status is neuralode.Status.NEWTON_FAILURE
+    with pytest.raises(neuralode.SolverError, match="Newton iteration did not converge.*max_iters"):
+        neuralode.solve(field, y0, t, method="implicit_euler", options={"step_size": 0.25})
+
+
+def test_implicit_methods_take_torchdiffeqs_options_and_reject_unknown_ones():
+    y0 = torch.tensor([1.0], dtype=torch.float64)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    f = lambda s, y: -y  # noqa: E731
+    ys = neuralode.odeint(f, y0, t, method="radauIIA5",
+                          options={"step_size": 0.1, "max_iters": 5, "perturb": True, "interp": "cubic"})
+    assert abs(float(ys[-1]) - math.exp(-1)) < 1e-9
+    grid = neuralode.odeint(f, y0, t, method="gl6", options={"grid_constructor": lambda fn, y, tt: torch.linspace(0, 1, 9, dtype=torch.float64)})
+    assert abs(float(grid[-1]) - math.exp(-1)) < 1e-9
+    with pytest.raises(ValueError, match="unknown option"):
+        neuralode.odeint(f, y0, t, method="kvaerno5", options={"step_size": 0.1})
+    with pytest.raises(ValueError, match="options\\['jacobian'\\] must be one of"):
+        neuralode.odeint(f, y0, t, method="kvaerno5", options={"jacobian": "sparse"})
+    with pytest.raises(ValueError, match="options\\['max_iters'\\]"):
+        neuralode.odeint(f, y0, t, method="trbdf2", options={"max_iters": 0})
+
+
+def test_every_implicit_method_is_registered_by_its_published_name():
+    for name in (*FIXED, "kvaerno3", "kvaerno5", "rosenbrock23"):
+        sol = neuralode.solve(lambda s, y: -y, torch.tensor([1.0], dtype=torch.float64),
+                              torch.tensor([0.0, 0.5], dtype=torch.float64), method=name,
+                              options=None if name in ("kvaerno3", "kvaerno5", "rosenbrock23") else {"step_size": 0.05})
+        assert abs(float(sol.ys[-1]) - math.exp(-0.5)) < 1e-2, name
