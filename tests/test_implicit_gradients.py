@@ -17,7 +17,7 @@ import neuralode
 from neuralode import odeint, odeint_adjoint
 
 EPS = 1e-4
-T = torch.tensor([0.0, 0.2, 0.5], dtype=torch.float64)
+T = torch.tensor([0.0, 0.1, 0.25], dtype=torch.float64)
 
 
 def stiff_field(t, y, w):
@@ -36,9 +36,9 @@ class StiffModule(torch.nn.Module):
 
 
 def _tols(method):
-    if method == "rosenbrock23":
-        return dict(rtol=1e-7, atol=1e-7)
-    return dict(rtol=1e-9, atol=1e-9)
+    """Tight enough for gradcheck, loose enough for few steps (third and second order need more)."""
+    return {"kvaerno5": dict(rtol=1e-9, atol=1e-9), "kvaerno3": dict(rtol=1e-7, atol=1e-7),
+            "rosenbrock23": dict(rtol=1e-6, atol=1e-6)}.get(method, dict(rtol=1e-9, atol=1e-9))
 
 
 @pytest.mark.parametrize("method", ("kvaerno3", "kvaerno5", "rosenbrock23", "radauIIA5", "sdirk2"))

@@ -129,6 +129,13 @@ class _AugmentedField:
         self.check_first = False
         self.first_finite = True
 
+    def newton_linearise(self, r, z: torch.Tensor, mode: str):
+        """The Newton Jacobian implicit methods use on this system (block-diagonal ``diag(-J, Jᵀ, 0)``,
+        see :func:`neuralode.newton.augmented_linearisation`)."""
+        from .newton import augmented_linearisation
+
+        return augmented_linearisation(self.func, self.n, self.shape, r, z, mode)
+
     def __call__(self, r: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         n = self.n
         with torch.enable_grad():

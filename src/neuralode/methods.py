@@ -86,7 +86,8 @@ for _tab in TABLEAUS.values():
 
 # Other families, each in its own module (imported here so that every name resolves).
 from .adams import METHODS as _ADAMS  # noqa: E402
+from .implicit_methods import implicit_methods  # noqa: E402
 from .scipy_solver import SCIPY_SOLVER  # noqa: E402
 
-for _method in (*_ADAMS, SCIPY_SOLVER):
+for _method in (*_ADAMS, SCIPY_SOLVER, *implicit_methods()):
     register(_method)
