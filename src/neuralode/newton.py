@@ -352,12 +352,13 @@ def linearise(func: Field, t, y: torch.Tensor, mode: str, create_graph: bool = F
 def augmented_linearisation(func: Field, n: int, shape: torch.Size, r, z: torch.Tensor, mode: str) -> BlockOp:
     """The Newton Jacobian of the adjoint system ``z = [y, a, g]`` in reversed time ``r``.
 
-    ``dy/dr = -f(-r, y)``, ``da/dr = Jᵀa``, ``dg/dr = aᵀ∂f/∂θ`` (``J = ∂f/∂y`` at ``(-r, y)``): the
-    matrix is taken block-diagonal, ``diag(-J, Jᵀ, 0)``. The dropped couplings (``a``'s
-    dependence on ``y`` through second derivatives, ``g``'s on ``y`` and ``a``) are not stiff, so
-    the simplified Newton iteration still converges; the quadrature channels ``g`` converge one
-    iteration after ``y`` and ``a``. Each block keeps the form of the forward field's Jacobian
-    (dense, batched per sample, or Jacobian-vector products).
+    ``dy/dr = -f(-r, y)``, ``da/dr = Jᵀa``, ``dg/dr = aᵀ∂f/∂θ`` (``J = ∂f/∂y`` at ``(-r, y)``).
+    For dense states the ``[y, a]`` block is exact: ``[[-J, 0], [H, Jᵀ]]`` with ``H = ∂²(a·f)/∂y²``
+    (the adjoint's dependence on the state, large on strongly nonlinear stiff problems such as
+    Robertson's). Batched and Krylov forms keep only ``diag(-J, Jᵀ)`` (a simplified Newton
+    matrix; the dropped ``H`` coupling slows or, when it is stiff, stops convergence). The
+    quadrature channels ``g`` never feed back, so their block is the identity: they converge one
+    iteration after ``y`` and ``a``.
     """
     y = z[:n].reshape(shape)
     rt = _time_tensor(r, z)
@@ -365,11 +366,28 @@ def augmented_linearisation(func: Field, n: int, shape: torch.Size, r, z: torch.
     def forward_field(t, yy):
         return func(-t, yy)
 
-    op = linearise(forward_field, rt, y, mode)
-    blocks = [(n, op.scaled(-1.0)), (n, op.scaled(1.0, transpose=True))]
-    if z.numel() > 2 * n:
-        blocks.append((z.numel() - 2 * n, IdentityOp()))
-    return BlockOp(blocks)
+    resolved = resolve_mode(forward_field, rt, y, mode)
+    rest = [(z.numel() - 2 * n, IdentityOp())] if z.numel() > 2 * n else []
+    if resolved == "dense":
+        a = z[n:2 * n].reshape(shape).detach()
+        eye = torch.eye(n, dtype=z.dtype, device=z.device)
+        with torch.enable_grad():
+            yy = y.detach().requires_grad_(True)
+            out = forward_field(rt, yy)
+            if out.requires_grad:
+                (ja,) = torch.autograd.grad(out, yy, a, create_graph=True, allow_unused=True)
+                J = torch.stack([_grad_or_zero(out, yy, e.reshape(shape), retain=True) for e in eye]).reshape(n, n)
+                H = (torch.stack([_grad_or_zero(ja, yy, e.reshape(shape), retain=True) for e in eye]).reshape(n, n)
+                     if ja is not None and ja.requires_grad else torch.zeros(n, n, dtype=z.dtype, device=z.device))
+            else:
+                J = H = torch.zeros(n, n, dtype=z.dtype, device=z.device)
+        block = torch.zeros(2 * n, 2 * n, dtype=z.dtype, device=z.device)
+        block[:n, :n] = -J.detach()
+        block[n:, :n] = H.detach()
+        block[n:, n:] = J.detach().T
+        return BlockOp([(2 * n, MatrixOp(block[None]))] + rest)
+    op = linearise(forward_field, rt, y, resolved)
+    return BlockOp([(n, op.scaled(-1.0)), (n, op.scaled(1.0, transpose=True))] + rest)
 
 
 # --------------------------------------------------------------------------- Newton's iteration

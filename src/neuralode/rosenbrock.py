@@ -65,6 +65,11 @@ class Rosenbrock23Stepper:
         return (evaluate(t0 + delta, y0, 0) - f0) / delta, 1
 
     def step(self, evaluate, t0, h, t1, y0: torch.Tensor, f0: torch.Tensor, perturb_end: int = 0):
+        if getattr(self.func, "newton_linearise", None) is not None:
+            raise ValueError("rosenbrock23 needs the exact Jacobian of the field, which the adjoint system only "
+                             "approximates (its Newton matrix is block-diagonal); run the adjoint's backward solve "
+                             "with a Newton-based method: odeint_adjoint(..., adjoint_method='kvaerno5') or "
+                             "gradient=Adjoint(method='kvaerno5')")
         hf = float(h)
         if isinstance(h, torch.Tensor):
             h = h.to(y0.dtype)

@@ -4,8 +4,11 @@ Robertson's three-species reaction (rate constants 0.04, 3e7, 1e4; eigenvalues f
 ~-1e4) is observed with 1% multiplicative noise at log-spaced times from 1e-5 to ``t_max``.
 The model is the same kinetics with the three constants as parameters (in log10 space,
 started half a decade off the truth). Each training step solves the ODE with an implicit
-method (``kvaerno5`` by default) and gets gradients from the adjoint, whose backward solve runs
-the same implicit method on the (equally stiff) adjoint system. The explicit baseline,
+method (``kvaerno5`` by default) and gets gradients by backpropagation through the Newton
+iterates (``gradient="direct"``). The adjoint (whose backward solve runs the same implicit method
+on the adjoint system) is selectable but currently fails on this problem: its backward solve
+underflows its step size just after the last observation (the observation scaling makes the
+adjoint of the tiny second species ~1e9), which is an open issue. The explicit baseline,
 ``dopri5``, gets the same per-solve step budget as the implicit forward solves used on average
 (times ``dopri5_budget_factor``): on this problem its steps are held to its stability limit
 (h ≈ 1e-3·(2/|λ|)) and it cannot reach ``t_max``.
@@ -42,14 +45,14 @@ class Config:
     method: str = "kvaerno5"
     rtol: float = 1e-6
     atol: float = 1e-10
-    gradient: str = "adjoint"
+    gradient: str = "direct"      # "adjoint" fails on this problem for now (backward step underflow)
     dopri5_budget_factor: float = 10.0  # dopri5's step budget, in multiples of the implicit solve's steps
     checkpoint_every: int = 10
     threads: int = 1
 
     @classmethod
     def quick(cls) -> "Config":
-        return cls(t_max=100.0, n_obs=20, steps=12, lr=0.08)
+        return cls(t_max=10.0, n_obs=12, steps=8, lr=0.1)
 
 
 class Robertson(nn.Module):
@@ -157,6 +160,7 @@ def run(config: Config, run: Run) -> dict[str, Any]:
         "k_rel_error_initial": float(max(abs(10 ** o - 1) for o in config.offset)),
         "k1": k_learned[0], "k2": k_learned[1], "k3": k_learned[2],
         "final_loss": float(_loss(final.ys, obs, scale)),
+        "initial_loss": history["loss"][0],
         "noise_floor_loss": float(_loss(clean, obs, scale)),
         "nfe_forward_mean": sum(history["nfe"]) / len(history["nfe"]),
         "nfe_backward_mean": sum(history["nfe_backward"]) / len(history["nfe_backward"]),
