@@ -129,7 +129,7 @@ class _AugmentedField:
         self.check_first = False
         self.first_finite = True
 
-    def newton_linearise(self, r, z: torch.Tensor, mode: str):
+    def newton_linearise(self, r: Any, z: torch.Tensor, mode: str) -> Any:
         """The Newton Jacobian implicit methods use on this system (block-diagonal ``diag(-J, Jᵀ, 0)``,
         see :func:`neuralode.newton.augmented_linearisation`)."""
         from .newton import augmented_linearisation

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -60,7 +60,7 @@ class NewtonMatrices:
         if mode not in JACOBIAN_MODES:
             raise ValueError(f"options['jacobian'] must be one of {list(JACOBIAN_MODES)}; got {mode!r}")
         self.func, self.mode, self.counters = func, mode, counters
-        self.op = None
+        self.op: Any = None
         self.at: Optional[Tuple[float, torch.Tensor]] = None
         self.cache: Dict[Tuple[float, ...], object] = {}
         self.refresh_next = False

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -134,7 +134,7 @@ class _IdentityFactor(Factor):
 class BlockOp:
     """A block-diagonal ``J``: each ``(size, op)`` acts on its own slice of the flat state."""
 
-    def __init__(self, blocks: Sequence[Tuple[int, object]]):
+    def __init__(self, blocks: Sequence[Tuple[int, Any]]):
         self.blocks = list(blocks)
 
     def factor(self, coef: torch.Tensor) -> Factor:
@@ -303,8 +303,8 @@ def krylov_operator(func: Field, t, y: torch.Tensor) -> KrylovOp:
 
     def jvp(v: torch.Tensor) -> torch.Tensor:
         try:
-            _, out = torch.func.jvp(lambda yy: func(tt, yy), (y0,), (v.reshape(shape),))
-            return out.reshape(-1).detach()
+            result = torch.func.jvp(lambda yy: func(tt, yy), (y0,), (v.reshape(shape),))
+            return result[1].reshape(-1).detach()
         except Exception:  # noqa: BLE001
             with torch.enable_grad():
                 yy = y0.requires_grad_(True) if not y0.requires_grad else y0
@@ -367,7 +367,7 @@ def augmented_linearisation(func: Field, n: int, shape: torch.Size, r, z: torch.
         return func(-t, yy)
 
     resolved = resolve_mode(forward_field, rt, y, mode)
-    rest = [(z.numel() - 2 * n, IdentityOp())] if z.numel() > 2 * n else []
+    rest: List[Tuple[int, Any]] = [(z.numel() - 2 * n, IdentityOp())] if z.numel() > 2 * n else []
     if resolved == "dense":
         a = z[n:2 * n].reshape(shape).detach()
         eye = torch.eye(n, dtype=z.dtype, device=z.device)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -167,10 +167,10 @@ def run(config: Config, run: Run) -> dict[str, Any]:
         "train_seconds": seconds,
         "dopri5_budget_steps": budget,
         "dopri5_status": explicit.status.code,
-        "dopri5_t_reached": float(explicit.t_reached),
+        "dopri5_t_reached": float(explicit.t_reached or 0.0),
         "dopri5_seconds": dopri5_seconds,
     }
-    figures = _figures(run, history, t, obs, final.ys.detach(), explicit)
+    figures = _figures(run, history, t, obs, cast(torch.Tensor, final.ys).detach(), explicit)
     run.write_report(
         "# stiff-fit: Robertson's rate constants from noisy observations\n\n"
         f"Observations: {config.n_obs} log-spaced times in [1e-5, {config.t_max:g}], "
@@ -182,7 +182,7 @@ def run(config: Config, run: Run) -> dict[str, Any]:
                   for i in range(3))
         + "\n" + metrics_table([metrics])
         + f"\ndopri5 with a budget of {budget} steps per solve ({config.dopri5_budget_factor:g}× the implicit "
-          f"solve's mean): status `{explicit.status.code}`, reached t = {float(explicit.t_reached):.3g} of "
+          f"solve's mean): status `{explicit.status.code}`, reached t = {float(explicit.t_reached or 0.0):.3g} of "
           f"{config.t_max:g} in {dopri5_seconds:.1f} s.\n\n"
         + "\n".join(image(f, cap) for f, cap in figures))
     return metrics
