@@ -26,10 +26,8 @@ from typing import Dict, List, Tuple
 
 import torch
 
-from .interpolate import dense_rows, needs_end_derivative
-from .methods import register
-from .options import ADAPTIVE_OPTIONS, FIXED_OPTIONS, parse_adaptive, parse_fixed
-from .rk import Plan, combine_row, plan_for, rk_step
+from .methods import RKStepper, register, rk_method
+from .rk import Plan
 from .stepping import Method
 from .tableaus import METHODS as TABLEAUS, ButcherTableau
 
@@ -80,33 +78,24 @@ def _compiled_graph():
     return fn
 
 
-class CompiledRKStepper:
+class CompiledRKStepper(RKStepper):
     """A :class:`~neuralode.stepping.Stepper` whose steps run as one compiled graph.
 
     Same contract as :class:`~neuralode.methods.RKStepper`; ``error(ks, h)`` returns the
     estimate the compiled step computed (a fresh tensor each step).
     """
 
-    replayable = True
-
     def __init__(self, tableau: ButcherTableau, func, interp: str = "linear"):
-        self.tableau = tableau
+        super().__init__(tableau, interp)
         self.func = func
-        self.plan = plan_for(tableau)
-        self.fsal = tableau.fsal
-        self.order = tableau.controller_order
-        self.rows = dense_rows(tableau, interp)
-        self.needs_f1 = needs_end_derivative(self.rows, tableau)
-        self._nfe = tableau.n_stages - 1
         self._graph = _compiled_graph()
         self._err = None
 
     def step(self, evaluate, t0, h, t1, y0: torch.Tensor, f0: torch.Tensor, perturb_end: int
              ) -> Tuple[torch.Tensor, List[torch.Tensor], int]:
         if perturb_end or type(h) is not float:  # discontinuity or time-gradients: the eager step
-            y1, ks = rk_step(evaluate, self.tableau, t0, h, t1, y0, f0, perturb_end, self.plan)
             self._err = None
-            return y1, ks, self._nfe
+            return super().step(evaluate, t0, h, t1, y0, f0, perturb_end)
         tt = torch.tensor([t0, h], dtype=torch.float64 if y0.dtype != torch.float16 else torch.float32,
                           device=y0.device)
         y1, ks, err = self._graph(self.func, self.plan, self.fsal, self.tableau.adaptive, tt[0], tt[1], y0, f0)
@@ -116,21 +105,15 @@ class CompiledRKStepper:
     def error(self, ks: List[torch.Tensor], h: float) -> torch.Tensor:
         err, self._err = self._err, None
         if err is None:
-            return combine_row(None, ks, self.plan.error, h)
+            return super().error(ks, h)
         return err.clone()
 
 
 def compiled_method(tableau: ButcherTableau) -> Method:
     """The ``<name>_compiled`` twin of an explicit RK method."""
-    name = tableau.name + COMPILED_SUFFIX
-    if tableau.adaptive:
-        return Method(name, tableau.order, True, parse_adaptive, ADAPTIVE_OPTIONS,
-                      make_stepper=lambda problem: CompiledRKStepper(tableau, problem.func),
-                      tableau=tableau, callbacks=("callback_step", "callback_accept_step", "callback_reject_step"),
-                      reference=tableau.reference + " (steps compiled by torch.compile)")
-    return Method(name, tableau.order, False, parse_fixed, FIXED_OPTIONS,
-                  make_stepper=lambda problem: CompiledRKStepper(tableau, problem.func, problem.options.interp),
-                  tableau=tableau, reference=tableau.reference + " (steps compiled by torch.compile)")
+    return rk_method(tableau, name=tableau.name + COMPILED_SUFFIX,
+                     stepper=lambda problem, interp: CompiledRKStepper(tableau, problem.func, interp),
+                     reference=tableau.reference + " (steps compiled by torch.compile)")
 
 
 for _name in BASES:

@@ -7,7 +7,7 @@ Adams methods, implicit methods, the SciPy bridge) live in their own modules and
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -43,16 +43,24 @@ class RKStepper:
         return combine_row(None, ks, self.plan.error, h)
 
 
-def rk_method(tableau: ButcherTableau) -> Method:
-    """The :class:`Method` of an explicit RK tableau."""
+def rk_method(tableau: ButcherTableau, *, name: Optional[str] = None,
+              stepper: Optional[Callable[[Any, str], Any]] = None, reference: Optional[str] = None) -> Method:
+    """The :class:`Method` of an explicit RK tableau.
+
+    ``stepper(problem, interp)`` builds its stepper (default :class:`RKStepper`); ``name`` and
+    ``reference`` default to the tableau's (the compiled twins pass their own).
+    """
+    make = stepper if stepper is not None else (lambda problem, interp: RKStepper(tableau, interp))
+    name = tableau.name if name is None else name
+    reference = tableau.reference if reference is None else reference
     if tableau.adaptive:
-        return Method(tableau.name, tableau.order, True, parse_adaptive, ADAPTIVE_OPTIONS,
-                      make_stepper=lambda problem: RKStepper(tableau), tableau=tableau,
+        return Method(name, tableau.order, True, parse_adaptive, ADAPTIVE_OPTIONS,
+                      make_stepper=lambda problem: make(problem, "linear"), tableau=tableau,
                       callbacks=("callback_step", "callback_accept_step", "callback_reject_step"),
-                      reference=tableau.reference)
-    return Method(tableau.name, tableau.order, False, parse_fixed, FIXED_OPTIONS,
-                  make_stepper=lambda problem: RKStepper(tableau, problem.options.interp), tableau=tableau,
-                  reference=tableau.reference)
+                      reference=reference)
+    return Method(name, tableau.order, False, parse_fixed, FIXED_OPTIONS,
+                  make_stepper=lambda problem: make(problem, problem.options.interp), tableau=tableau,
+                  reference=reference)
 
 
 REGISTRY: Dict[str, Method] = {}
