@@ -2,6 +2,7 @@
 import pytest
 import torch
 
+from neuralode import SolverError
 from neuralode.nn.backbones import BACKBONE_KINDS, Backbone, backbone_with_fpn, make_backbone, ode_stage
 from neuralode.nn.detection import make_faster_rcnn
 from neuralode.nn.image import ImageClassifier, count_parameters
@@ -161,3 +162,15 @@ def test_faster_rcnn_accepts_each_backbone_and_training_lowers_the_loss(kind, fp
     with torch.no_grad():
         out = model(images)
     assert len(out) == 2 and out[0]["boxes"].shape[-1] == 4
+
+
+def test_make_backbone_passes_solver_options_to_every_ode_stage():
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 32, 32)
+    rk = make_backbone("rknet", "resnet18", width=4, n_stages=2, rk_step=0.25, options={"step_size": 0.5})
+    rk(x)
+    assert rk.nfe == 2 * 2 * 4  # the options' step size wins over rk_step: two rk4 steps per stage
+    capped = make_backbone("odenet", "resnet18", width=4, n_stages=2, rtol=1e-8, atol=1e-8,
+                           options={"max_num_steps": 1})
+    with pytest.raises(SolverError, match="max_num_steps"):
+        capped(x)

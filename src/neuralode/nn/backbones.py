@@ -166,7 +166,8 @@ def make_backbone(kind: str, depth: str = "resnet18", *, width: int = 64, in_cha
                   n_stages: int | None = None, blocks: Sequence[int] | None = None,
                   widths: Sequence[int] | None = None, stem_stride: int = 1,
                   method: str | None = None, rtol: float = 1e-3, atol: float = 1e-3,
-                  gradient: str | None = None, rk_step: float = 0.25, t_end: float = 1.0) -> Backbone:
+                  gradient: str | None = None, rk_step: float = 0.25, t_end: float = 1.0,
+                  options: dict[str, Any] | None = None) -> Backbone:
     """A ResNet-style backbone whose stage bodies are of ``kind``.
 
     Args:
@@ -179,7 +180,8 @@ def make_backbone(kind: str, depth: str = "resnet18", *, width: int = 64, in_cha
         blocks, widths: override the preset's blocks per stage / stage widths.
         stem_stride: stride of the ``"conv"`` stem (torchvision's ResNet downsamples by 4 there;
             small images want 1 or 2). The ``"chen"`` stem always downsamples by 4.
-        method, rtol, atol, gradient, rk_step, t_end: the ODE stages' solver (see :func:`ode_stage`).
+        method, rtol, atol, gradient, rk_step, t_end, options: the ODE stages' solver (see
+            :func:`ode_stage`); ``options`` is passed to every stage's solve (e.g. ``max_num_steps``).
     """
     if depth not in DEPTHS:
         raise ValueError(f"depth={depth!r}; expected one of {sorted(DEPTHS)}")
@@ -198,7 +200,8 @@ def make_backbone(kind: str, depth: str = "resnet18", *, width: int = 64, in_cha
         raise ValueError(f"widths={widths}; expected positive ints")
     if stem_stride not in (1, 2, 4):
         raise ValueError(f"stem_stride={stem_stride!r}; expected 1, 2 or 4")
-    ode_kwargs = dict(method=method, rtol=rtol, atol=atol, gradient=gradient, rk_step=rk_step, t_end=t_end)
+    ode_kwargs = dict(method=method, rtol=rtol, atol=atol, gradient=gradient, rk_step=rk_step, t_end=t_end,
+                      options=options)
     stride = 4 if stem_kind == "chen" else stem_stride
     stem = _stem(stem_kind, in_channels, widths[0], stem_stride)
     if stem_kind == "conv" and stem_stride == 4:
