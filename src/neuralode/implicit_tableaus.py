@@ -19,13 +19,15 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
+from .tableaus import TableauShape
+
 _TOL = 1e-10
 
 Matrix = Tuple[Tuple[float, ...], ...]
 
 
 @dataclass(frozen=True)
-class ImplicitTableau:
+class ImplicitTableau(TableauShape):
     """An implicit Runge–Kutta method.
 
     Attributes:
@@ -104,18 +106,6 @@ class ImplicitTableau:
     def l_stable(self) -> bool:
         """True when the stability function vanishes at infinity (stiff components are damped)."""
         return self.r_infinity < 1e-6
-
-    @property
-    def controller_order(self) -> int:
-        return self.error_order if self.error_order is not None else self.order
-
-    @property
-    def adaptive(self) -> bool:
-        return self.b_err is not None
-
-    @property
-    def n_stages(self) -> int:
-        return len(self.c)
 
     @property
     def implicit(self) -> bool:

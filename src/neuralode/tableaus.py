@@ -17,8 +17,36 @@ from typing import Dict, Optional, Sequence, Tuple
 _TOL = 1e-10
 
 
+class TableauShape:
+    """What the stepping loop asks of any Runge–Kutta tableau, explicit or implicit.
+
+    Mixed into the frozen dataclasses :class:`ButcherTableau` and
+    :class:`~neuralode.implicit_tableaus.ImplicitTableau`, which carry ``order``, ``error_order``,
+    ``b_err`` and ``c``.
+    """
+
+    order: int
+    error_order: Optional[int]
+    b_err: Optional[Tuple[float, ...]]
+    c: Tuple[float, ...]
+
+    @property
+    def controller_order(self) -> int:
+        """The exponent base ``k`` of the step-size controller (``error ∝ h^k``)."""
+        return self.error_order if self.error_order is not None else self.order
+
+    @property
+    def adaptive(self) -> bool:
+        """True when the tableau has an embedded error estimate (adaptive stepping)."""
+        return self.b_err is not None
+
+    @property
+    def n_stages(self) -> int:
+        return len(self.c)
+
+
 @dataclass(frozen=True)
-class ButcherTableau:
+class ButcherTableau(TableauShape):
     """An explicit Runge–Kutta method.
 
     Attributes:
@@ -89,20 +117,6 @@ class ButcherTableau:
         object.__setattr__(self, "a_terms", tuple(nonzero(row) for row in self.a))
         object.__setattr__(self, "b_terms", nonzero(self.b))
         object.__setattr__(self, "err_terms", nonzero(self.b_err) if self.b_err is not None else ())
-
-    @property
-    def controller_order(self) -> int:
-        """The exponent base ``k`` of the step-size controller (``error ∝ h^k``)."""
-        return self.error_order if self.error_order is not None else self.order
-
-    @property
-    def adaptive(self) -> bool:
-        """True when the tableau has an embedded error estimate (adaptive stepping)."""
-        return self.b_err is not None
-
-    @property
-    def n_stages(self) -> int:
-        return len(self.c)
 
     @property
     def new_evaluations_per_step(self) -> int:
