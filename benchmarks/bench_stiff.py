@@ -32,43 +32,13 @@ import torch
 
 import neuralode
 
-ROBERTSON_K = (0.04, 3e7, 1e4)
-MU = 1000.0
-
-
-def robertson(t, y, k=ROBERTSON_K):
-    k1, k2, k3 = k
-    y1, y2, y3 = y[..., 0], y[..., 1], y[..., 2]
-    return torch.stack([-k1 * y1 + k3 * y2 * y3, k1 * y1 - k3 * y2 * y3 - k2 * y2**2, k2 * y2**2], dim=-1)
-
-
-def robertson_np(t, y, k=ROBERTSON_K):
-    k1, k2, k3 = k
-    return np.array([-k1 * y[0] + k3 * y[1] * y[2], k1 * y[0] - k3 * y[1] * y[2] - k2 * y[1]**2, k2 * y[1]**2])
-
-
-def robertson_jac(t, y, k=ROBERTSON_K):
-    k1, k2, k3 = k
-    return np.array([[-k1, k3 * y[2], k3 * y[1]], [k1, -k3 * y[2] - 2 * k2 * y[1], -k3 * y[1]],
-                     [0.0, 2 * k2 * y[1], 0.0]])
-
-
-def vdp(t, y):
-    return torch.stack([y[..., 1], MU * (1 - y[..., 0]**2) * y[..., 1] - y[..., 0]], dim=-1)
-
-
-def vdp_np(t, y):
-    return np.array([y[1], MU * (1 - y[0]**2) * y[1] - y[0]])
-
-
-def vdp_jac(t, y):
-    return np.array([[0.0, 1.0], [-2 * MU * y[0] * y[1] - 1, MU * (1 - y[0]**2)]])
-
+from neuralode.stiff_problems import (ROBERTSON_K, robertson, robertson_jac, robertson_np, van_der_pol,
+                                     van_der_pol_jac, van_der_pol_np)
 
 PROBLEMS = {
     "robertson": (robertson, robertson_np, robertson_jac, (1.0, 0.0, 0.0),
                   (0.0, 0.4, 4.0, 40.0, 400.0, 4e3, 4e4, 1e5), 1e-4),
-    "van_der_pol": (vdp, vdp_np, vdp_jac, (2.0, 0.0), (0.0, 200.0, 400.0, 600.0, 800.0, 1000.0), 1.0),
+    "van_der_pol": (van_der_pol, van_der_pol_np, van_der_pol_jac, (2.0, 0.0), (0.0, 200.0, 400.0, 600.0, 800.0, 1000.0), 1.0),
 }
 
 

@@ -22,7 +22,7 @@ from neuralode.newton import batched_jacobian, dense_jacobian, gmres, samples_in
 from neuralode.control import rms_norm
 from neuralode.rosenbrock import Rosenbrock23Stepper
 from problems import log_log_slope
-from stiff_problems import linear_exact, robertson, slow_eigenvector, stiff_linear_matrix
+from neuralode.stiff_problems import linear_exact, robertson, slow_eigenvector, stiff_linear_matrix
 
 FIXED = ("implicit_euler", "implicit_midpoint", "trapezoid", "radauIIA3", "radauIIA5", "gl4", "gl6", "sdirk2",
          "trbdf2")

@@ -18,7 +18,7 @@ import torch
 
 import neuralode
 from problems import scaled_error
-from stiff_problems import (HIRES_Y0, hires, hires_np, robertson, robertson_jac, robertson_np, scipy_radau,
+from neuralode.stiff_problems import (HIRES_Y0, hires, hires_np, robertson, robertson_jac, robertson_np, scipy_radau,
                             van_der_pol, van_der_pol_jac, van_der_pol_np)
 
 C = 10.0

@@ -1,5 +1,10 @@
-"""Stiff test problems: fields in torch (any leading batch dimensions) and in NumPy with their
-Jacobians (for SciPy's Radau, the oracle), plus a linear stiff system with a closed form.
+"""Classic stiff test problems, the one definition the tests (``tests/test_stiff_oracle.py``,
+``tests/test_implicit_methods.py``) and the benchmark (``benchmarks/bench_stiff.py``) share.
+
+Each field is given in torch (any leading batch dimensions, so a ``[B, n]`` state is a batch of
+independent problems) and in NumPy with its Jacobian (for SciPy's Radau, the oracle), plus a
+linear stiff system with a closed form. Only torch and NumPy are imported (SciPy when the oracle
+is called): nothing of the package, so any layer may use them.
 
 * Robertson's chemical kinetics (Robertson 1966; Hairer & Wanner, Solving ODEs II, IV.10):
   three species, rate constants 0.04, 3e7, 1e4, on t ∈ [0, 1e5]; eigenvalues from ~0 to ~-1e4.
