@@ -28,22 +28,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from neuralode.experiments.base import Run
+from neuralode.experiments.image_training import SolverSettings
 from neuralode.experiments.registry import register
 from neuralode.report.headlines import Headline, declare
 
 
 @dataclass
-class CifarConfig:
+class CifarConfig(SolverSettings):
     """Settings shared by ``cifar10`` and ``cifar100``."""
 
     variants: str = "odenet,resnet"   # odenet, resnet, rknet, all; resnet18/odenet18/rknet18 (deep18), *34 (deep34)
     deep_width: int = 64              # first-stage width of the ResNet-18/34-depth variants
-    method: str = "dopri5"
-    rtol: float = 1e-3
-    atol: float = 1e-3
-    gradient: str = "adjoint"
-    step_size: float | None = None
-    rk_step: float = 0.25
     epochs: float = 100.0
     batch_size: int = 128
     optimizer: str = "sgd"

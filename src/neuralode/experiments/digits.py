@@ -14,19 +14,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from neuralode.experiments.base import Run
+from neuralode.experiments.image_training import SolverSettings
 from neuralode.experiments.registry import register
 
 
 @dataclass
-class Config:
+class Config(SolverSettings):
     variants: str = "all"          # "all" or a comma list of odenet, resnet, rknet
-    # ODE-Net solver (paper: dopri5, rtol = atol = 1e-3, adjoint gradients)
-    method: str = "dopri5"
-    rtol: float = 1e-3
-    atol: float = 1e-3
-    gradient: str = "adjoint"
-    step_size: float | None = None  # for fixed-step methods
-    rk_step: float = 0.25           # RK-Net: rk4 step, direct backprop
     # optimisation
     epochs: float = 40.0
     batch_size: int = 64

@@ -40,6 +40,7 @@ from neuralode.data.images import ImageSet
 
 __all__ = [
     "MemoryMeter",
+    "SolverSettings",
     "TrainSettings",
     "augment",
     "count_saved_bytes",
@@ -53,6 +54,18 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- settings
+
+
+@dataclass
+class SolverSettings:
+    """The ODE-Net and RK-Net solver fields every image experiment's Config starts with."""
+
+    method: str = "dopri5"           # ODE-Net (paper: dopri5, rtol = atol = 1e-3, adjoint gradients)
+    rtol: float = 1e-3
+    atol: float = 1e-3
+    gradient: str = "adjoint"
+    step_size: float | None = None   # step of a fixed-step ODE-Net method
+    rk_step: float = 0.25            # RK-Net: rk4 with this step, direct backprop
 
 
 @dataclass

@@ -22,21 +22,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from neuralode.experiments.base import Run
+from neuralode.experiments.image_training import SolverSettings
 from neuralode.experiments.registry import register
 
 PAPER = {"odenet": (0.42, "0.22M"), "resnet": (0.41, "0.60M"), "rknet": (0.47, "0.22M")}
 
 
 @dataclass
-class Config:
+class Config(SolverSettings):
     variants: str = "all"           # "all" or a comma list of odenet, resnet, rknet
-    # ODE-Net solver (paper: dopri5, rtol = atol = 1e-3, adjoint gradients)
-    method: str = "dopri5"
-    rtol: float = 1e-3
-    atol: float = 1e-3
-    gradient: str = "adjoint"
-    step_size: float | None = None  # step of a fixed-step ODE-Net method
-    rk_step: float = 0.25           # RK-Net: rk4 with this step, direct backprop
     # optimisation (torchdiffeq odenet_mnist.py)
     epochs: float = 160.0
     batch_size: int = 128
