@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import neuralode
+from neuralode.adjoint import Adjoint
 from neuralode.persample import solve_per_sample
 
 
@@ -99,8 +100,8 @@ def test_gradients_equal_those_of_solo_solves(gradient):
 def test_bad_arguments_name_the_argument():
     f = vdp_batch(torch.ones(2, dtype=torch.float64))
     y0 = Y0.expand(2, 2)
-    with pytest.raises(ValueError, match="gradient='adjoint'"):
-        solve_per_sample(f, y0, torch.tensor([0.0, 1.0], dtype=torch.float64), gradient="adjoint")
+    with pytest.raises(ValueError, match="gradient='backsolve'"):
+        solve_per_sample(f, y0, torch.tensor([0.0, 1.0], dtype=torch.float64), gradient="backsolve")
     with pytest.raises(ValueError, match=r"t must have shape \[T\] or \[B, T\]"):
         solve_per_sample(f, y0, torch.zeros(3, 2, dtype=torch.float64))
     with pytest.raises(ValueError, match="strictly increasing along each row"):
@@ -129,3 +130,102 @@ def test_solve_per_sample_steps_is_the_front_door():
     via_solve = neuralode.solve(vdp_batch(mu), Y0.expand(2, 2), t, rtol=1e-6, atol=1e-6, per_sample_steps=True)
     direct = solve_per_sample(vdp_batch(mu), Y0.expand(2, 2), t, rtol=1e-6, atol=1e-6)
     assert torch.equal(via_solve.ys, direct.ys) and via_solve.ys.shape == (2, 3, 2)
+
+
+class MLPField(torch.nn.Module):
+    """An autonomous MLP field taking the per-row time vector (unused)."""
+
+    def __init__(self, width: int = 16):
+        super().__init__()
+        self.net = torch.nn.Sequential(torch.nn.Linear(2, width), torch.nn.Tanh(), torch.nn.Linear(width, 2)).double()
+
+    def forward(self, t, y):
+        return self.net(y)
+
+
+@pytest.mark.parametrize("method", ["dopri5", "tsit5"])
+def test_adjoint_gradients_equal_direct_backprop_of_solo_solves(method):
+    torch.manual_seed(0)
+    field = MLPField()
+    y0 = torch.randn(3, 2, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([[0.0, 0.5, 1.0], [0.0, 0.3, 2.0], [0.5, 1.0, 1.5]], dtype=torch.float64)  # own output grids
+    sol = solve_per_sample(field, y0, t, method=method, rtol=1e-9, atol=1e-9, gradient="adjoint")
+    direct = solve_per_sample(field, y0, t, method=method, rtol=1e-9, atol=1e-9)
+    assert torch.equal(sol.ys, direct.ys)  # the forward pass is the same solve
+    gy, *gp = torch.autograd.grad(sol.ys.sin().sum(), [y0, *field.parameters()])
+    assert sol.stats.nfe_backward > 0 and int(sol.n_accepted_backward_per_sample.min()) > 0
+    y0_solo = y0.detach().clone().requires_grad_(True)
+    loss = sum(neuralode.solve(field, y0_solo[b], t[b], method=method, rtol=1e-9, atol=1e-9).ys.sin().sum()
+               for b in range(3))
+    gy_solo, *gp_solo = torch.autograd.grad(loss, [y0_solo, *field.parameters()])
+    torch.testing.assert_close(gy, gy_solo, rtol=1e-6, atol=1e-7)
+    for a, b in zip(gp, gp_solo):  # summed over the samples
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_adjoint_gradients_of_per_row_parameters_and_output_times_match_solo_adjoint_solves():
+    mu = torch.tensor([0.3, 1.0, 4.0], dtype=torch.float64, requires_grad=True)
+    y0 = torch.tensor([[2.0, 0.0], [1.0, 0.5], [0.5, -1.0]], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([[0.0, 0.5, 1.0, 2.0], [0.0, 0.3, 1.2, 1.5], [0.2, 0.6, 1.5, 1.7]], dtype=torch.float64,
+                     requires_grad=True)
+    sol = solve_per_sample(vdp_batch(mu), y0, t, rtol=1e-8, atol=1e-8, gradient=Adjoint(params=[mu]))
+    gy, gmu, gt = torch.autograd.grad(sol.ys.square().sum(), [y0, mu, t])
+    for b in range(3):
+        mu_b = mu[b].detach().clone().requires_grad_(True)
+        y0_b = y0[b].detach().clone().requires_grad_(True)
+        t_b = t[b].detach().clone().requires_grad_(True)
+
+        def single(tt, y, mu_b=mu_b):
+            return torch.stack([y[1], mu_b * (1 - y[0] * y[0]) * y[1] - y[0]])
+
+        alone = neuralode.solve(single, y0_b, t_b, rtol=1e-8, atol=1e-8, gradient=Adjoint(params=[mu_b]))
+        gy_b, gmu_b, gt_b = torch.autograd.grad(alone.ys.square().sum(), [y0_b, mu_b, t_b])
+        torch.testing.assert_close(gy[b], gy_b, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(gmu[b], gmu_b, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(gt[b], gt_b, rtol=1e-5, atol=1e-6)
+
+
+def test_adjoint_backward_of_a_stiff_member_adds_no_steps_to_the_others():
+    t = torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64)
+
+    def grads(mu_values):
+        mu = torch.tensor(mu_values, dtype=torch.float64, requires_grad=True)
+        y0 = Y0.expand(len(mu_values), 2).clone().requires_grad_(True)
+        sol = solve_per_sample(vdp_batch(mu), y0, t, rtol=1e-5, atol=1e-5, gradient=Adjoint(params=[mu]))
+        gy, gmu = torch.autograd.grad(sol.ys[:, :, 0].sum(), [y0, mu])
+        return sol, gy, gmu
+
+    mild, gy_mild, gmu_mild = grads([0.5, 1.0, 2.0])
+    mixed, gy_mixed, gmu_mixed = grads([0.5, 1.0, 2.0, 60.0])
+    assert torch.equal(mixed.n_accepted_backward_per_sample[:3], mild.n_accepted_backward_per_sample)
+    assert torch.equal(mixed.n_rejected_backward_per_sample[:3], mild.n_rejected_backward_per_sample)
+    assert int(mixed.n_accepted_backward_per_sample[3]) > 5 * int(mild.n_accepted_backward_per_sample.max())
+    torch.testing.assert_close(gy_mixed[:3], gy_mild, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gmu_mixed[:3], gmu_mild, rtol=1e-12, atol=1e-12)
+
+
+def test_adjoint_with_compact_rows_gives_the_same_gradients():
+    torch.manual_seed(1)
+    field = MLPField(8)
+    y0 = torch.randn(4, 2, dtype=torch.float64, requires_grad=True)
+    t = torch.stack([torch.zeros(4, dtype=torch.float64), torch.tensor([0.5, 1.0, 2.0, 4.0], dtype=torch.float64)], 1)
+    out = []
+    for compact in (False, True):
+        sol = solve_per_sample(field, y0, t, rtol=1e-7, atol=1e-7, gradient="adjoint", options={"compact": compact})
+        out.append(torch.autograd.grad(sol.ys.square().sum(), [y0, *field.parameters()]))
+    for a, b in zip(*out):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_adjoint_bad_arguments_name_the_argument():
+    f = vdp_batch(torch.ones(2, dtype=torch.float64))
+    y0 = Y0.expand(2, 2).clone().requires_grad_(True)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    with pytest.raises(ValueError, match="not an nn.Module.*Adjoint\\(params="):
+        solve_per_sample(f, y0, t, gradient="adjoint")
+    with pytest.raises(ValueError, match=r"unknown adjoint option\(s\) \['norm'\]"):
+        solve_per_sample(f, y0, t, gradient=Adjoint(params=(), options={"norm": "seminorm"}))
+    with pytest.raises(ValueError, match="adjoint's method must be an adaptive"):
+        solve_per_sample(f, y0, t, gradient=Adjoint(params=(), method="rk4"))
+    with pytest.raises(TypeError, match="gradient must be one of"):
+        solve_per_sample(f, y0, t, gradient=3)

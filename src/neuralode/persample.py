@@ -16,8 +16,9 @@ stop costing work: the field is called on the unfinished rows only, so it must a
 per-row parameters (a per-sample parameter belongs in the state, with zero derivative).
 
 Gradients: ``'direct'`` (autograd through the steps) and ``'checkpoint'`` (each step's stages
-recomputed in the backward pass, :func:`torch.utils.checkpoint.checkpoint`). The adjoint is not
-available per sample.
+recomputed in the backward pass, :func:`torch.utils.checkpoint.checkpoint`), and the adjoint
+(``'adjoint'``, ``'adjoint-seminorm'`` or a :class:`neuralode.Adjoint`), whose backward solve is
+per-sample too: see :mod:`neuralode.persample_adjoint`.
 
 Host synchronisation: one small device→host transfer per attempted step (how many outputs the
 step passes and how many samples remain), plus one index computation when some samples finish
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple, cast
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -39,7 +40,7 @@ from .solution import Solution, Status
 from .tableaus import ADAPTIVE_METHODS, DEFAULT_METHOD, METHODS, ButcherTableau
 
 OPTIONS = ("first_step", "safety", "ifactor", "dfactor", "max_num_steps", "compact")
-GRADIENTS = ("direct", "checkpoint")
+GRADIENTS = ("direct", "checkpoint", "adjoint", "adjoint-seminorm")
 
 
 @dataclass
@@ -55,6 +56,8 @@ class PerSampleSolution(Solution):
     n_accepted_per_sample: Optional[torch.Tensor] = None
     n_rejected_per_sample: Optional[torch.Tensor] = None
     row_evaluations: int = 0
+    n_accepted_backward_per_sample: Optional[torch.Tensor] = None  # filled by the adjoint's backward pass
+    n_rejected_backward_per_sample: Optional[torch.Tensor] = None
 
 
 def _describe(value: Any) -> str:
@@ -94,9 +97,16 @@ def _check(func, y0, t, method, rtol, atol, options, gradient) -> Tuple[ButcherT
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for per-sample stepping; valid options: {list(OPTIONS)}")
-    if gradient not in GRADIENTS:
-        raise ValueError(f"gradient={_describe(gradient)} is not available with per-sample stepping; valid: "
-                         f"{list(GRADIENTS)} (the adjoint needs one shared step sequence)")
+    if isinstance(gradient, str):
+        if gradient not in GRADIENTS:
+            raise ValueError(f"gradient={_describe(gradient)} is not available with per-sample stepping; valid: "
+                             f"{list(GRADIENTS)} or a neuralode.Adjoint(...)")
+    else:
+        from .adjoint import Adjoint
+
+        if not isinstance(gradient, Adjoint):
+            raise TypeError(f"gradient must be one of {list(GRADIENTS)} or a neuralode.Adjoint(...) with per-sample "
+                            f"stepping; got {_describe(gradient)}")
     return METHODS[method], t, options
 
 
@@ -182,7 +192,7 @@ def solve_per_sample(
     atol: float = 1e-9,
     options: Optional[Dict[str, Any]] = None,
     on_failure: str = "raise",
-    gradient: str = "direct",
+    gradient: Any = "direct",
 ) -> PerSampleSolution:
     """Solve a batch of independent problems ``dy_b/dt = func(t, y)_b``, each with its own steps.
 
@@ -195,7 +205,8 @@ def solve_per_sample(
         options: ``first_step``, ``safety``, ``ifactor``, ``dfactor``, ``max_num_steps`` (per sample),
             ``compact`` (call the field on unfinished rows only; see the module doc).
         on_failure: ``'raise'`` or ``'return'`` (unreached outputs are NaN).
-        gradient: ``'direct'`` or ``'checkpoint'``.
+        gradient: ``'direct'``, ``'checkpoint'``, ``'adjoint'``/``'adjoint-seminorm'`` (the same here: the
+            parameter gradients never enter the error norm) or a :class:`neuralode.Adjoint`.
 
     Returns:
         :class:`PerSampleSolution` with ``ys`` of shape ``(B, T, *state)``.
@@ -204,6 +215,46 @@ def solve_per_sample(
     tab, t2, opts = _check(func, y0, t, method, rtol, atol, options, gradient)
     if on_failure not in ("raise", "return"):
         raise ValueError(f"on_failure must be 'raise' or 'return'; got {_describe(on_failure)}")
+    if not (isinstance(gradient, str) and gradient in ("direct", "checkpoint")):
+        from .persample_adjoint import solve_adjoint
+
+        adjoint_solution = solve_adjoint(func, y0, t2, tab, float(rtol), float(atol), opts, on_failure, gradient)
+        adjoint_solution.ts = t
+        return adjoint_solution
+    solution, _ = _integrate(func, y0, t2, tab, float(rtol), float(atol), opts, gradient == "checkpoint")
+    solution.ts = t
+    return _finish(solution, tab, on_failure)
+
+
+def _finish(solution: "PerSampleSolution", tab: ButcherTableau, on_failure: str) -> "PerSampleSolution":
+    """Raise the solve's failure (``on_failure='raise'``) or hand the solution back."""
+    if solution.status is not Status.SUCCESS and on_failure == "raise":
+        stats = solution.stats
+        batch = cast(torch.Tensor, solution.ys).shape[0]
+        raise SolverError(solution.status, solution.t_reached if solution.t_reached is not None else float("nan"),
+                          detail=f"method={tab.name}, per-sample stepping, {stats.n_accepted} accepted and "
+                                 f"{stats.n_rejected} rejected steps over {batch} samples, {stats.nfe} function "
+                                 f"evaluations")
+    return solution
+
+
+class Quadrature(Protocol):
+    """A hook of :func:`_integrate` for integrals that ride along the steps without entering the
+    error estimate (the adjoint's parameter gradients): ``begin()`` before each attempted step,
+    whose stage evaluations the field then records; ``commit(h)`` once the step's fate is known,
+    with ``h`` per row the step taken (0 for rejected and finished rows)."""
+
+    def begin(self) -> None: ...
+
+    def commit(self, h: torch.Tensor) -> None: ...
+
+
+def _integrate(func: Callable, y0: torch.Tensor, t2: torch.Tensor, tab: ButcherTableau, rtol: float, atol: float,
+               opts: Dict[str, Any], checkpointing: bool, quadrature: Optional[Quadrature] = None,
+               first_h: Optional[torch.Tensor] = None) -> Tuple["PerSampleSolution", torch.Tensor]:
+    """The per-sample loop on checked arguments; returns the solution (status not raised) and
+    each row's proposed next step size. With ``quadrature``, every step evaluates its first stage
+    afresh (no first-same-as-last reuse) so that all its stages are recorded."""
     safety = float(opts.get("safety", 0.9))
     ifactor = float(opts.get("ifactor", 10.0))
     dfactor = float(opts.get("dfactor", 0.2))
@@ -231,10 +282,14 @@ def solve_per_sample(
     t_cur = ts[:, 0].clone()
     t_end = ts[:, -1]
     y = y0
-    f0 = field(t_cur, y)
-    if f0.shape != y0.shape:
-        raise ValueError(f"func returned shape {tuple(f0.shape)}; expected {tuple(y0.shape)} (the shape of y0)")
-    if "first_step" in opts:
+    f0 = y0  # replaced by the derivative below (with a quadrature, each step evaluates its own)
+    if quadrature is None or first_h is None:
+        f0 = field(t_cur, y)
+        if f0.shape != y0.shape:
+            raise ValueError(f"func returned shape {tuple(f0.shape)}; expected {tuple(y0.shape)} (the shape of y0)")
+    if first_h is not None:
+        h = first_h.to(time_dtype)
+    elif "first_step" in opts:
         h = torch.full((batch,), float(opts["first_step"]), dtype=time_dtype, device=device)
     else:
         h = _initial_step(field, t_cur, y0.detach(), f0.detach(), k, float(rtol), float(atol)).to(time_dtype)
@@ -260,18 +315,25 @@ def solve_per_sample(
         full = n_active == batch or not compact
         sel = slice(None) if full else idx
         t_a, h_a, te_a = t_cur[sel], h[sel], t_end[sel]
-        y_a, f_a = (y, f0) if full else (y[idx], f0[idx])
+        y_a = y if full else y[idx]
+        if quadrature is not None:
+            quadrature.begin()
+            f_a = field(t_a, y_a)
+        else:
+            f_a = f0 if full else f0[idx]
         done_a = t_a >= te_a
         lands = t_a + 1.01 * h_a >= te_a
         h_step = torch.where(lands, te_a - t_a, h_a)
         h_step = torch.where(done_a, torch.zeros_like(h_step), h_step)
-        if gradient == "checkpoint" and torch.is_grad_enabled():
+        if checkpointing and torch.is_grad_enabled():
             y1, ks, ratio = checkpoint(step, t_a, h_step, y_a, f_a, use_reentrant=False)
         else:
             y1, ks, ratio = step(t_a, h_step, y_a, f_a)
         attempts += 1
         finite = torch.isfinite(ratio)
         accept = (finite & (ratio <= 1.0)) | done_a
+        if quadrature is not None:
+            quadrature.commit(torch.where(accept & ~done_a, h_step, torch.zeros_like(h_step)))
         t_new = torch.where(accept & ~done_a, torch.where(lands, te_a, t_a + h_step), t_a)
         # outputs inside (t_a, t_new] of the accepted rows
         ts_a = ts if full else ts[idx]
@@ -288,8 +350,7 @@ def solve_per_sample(
         factor = torch.where(finite, factor, torch.full_like(factor, dfactor))
         cap = ~accept | last_rejected[sel]
         factor = torch.where(cap, factor.clamp_max(1.0), factor)
-        base = torch.where(done_a, h_a, h_step)
-        h_new = base * factor
+        h_new = torch.where(done_a, h_a, h_step * factor)  # a finished row keeps its last proposal
         active_after = t_new < te_a
         tiny = (h_step <= 8 * eps * torch.maximum(t_a.abs(), span[sel])) & ~done_a
         counts = torch.stack([n_write.max() if n_write.numel() else n_write.new_zeros(()),
@@ -317,10 +378,9 @@ def solve_per_sample(
         # commit
         acc_b = _bcast(accept, y_a)
         y_new = torch.where(acc_b, y1, y_a)
-        if tab.fsal:
+        f_new: Optional[torch.Tensor] = None
+        if tab.fsal and quadrature is None:
             f_new = torch.where(acc_b, ks[-1], f_a)
-        else:
-            f_new = None
         n_acc_a = (accept & ~done_a).long()
         n_rej_a = (~accept).long()
         prev_a = torch.where(accept, r.clamp_min(1e-4), prev_ratio[sel])
@@ -329,9 +389,8 @@ def solve_per_sample(
             y, t_cur, h, next_out = y_new, t_new, h_new, passed
             prev_ratio, last_rejected = prev_a, ~accept
             n_acc, n_rej = n_acc + n_acc_a, n_rej + n_rej_a
-            if f_new is None:
-                f_new = field(t_cur, y)
-            f0 = f_new
+            if quadrature is None:
+                f0 = field(t_cur, y) if f_new is None else f_new
         else:
             y = y.index_copy(0, idx, y_new)
             t_cur = t_cur.index_copy(0, idx, t_new)
@@ -341,9 +400,8 @@ def solve_per_sample(
             last_rejected = last_rejected.index_copy(0, idx, ~accept)
             n_acc = n_acc.index_add(0, idx, n_acc_a)
             n_rej = n_rej.index_add(0, idx, n_rej_a)
-            if f_new is None:
-                f_new = field(t_new, y_new)
-            f0 = f0.index_copy(0, idx, f_new)
+            if quadrature is None:
+                f0 = f0.index_copy(0, idx, field(t_new, y_new) if f_new is None else f_new)
         if compact and n_active_after < batch and n_active_after != n_active:
             idx = (t_cur < t_end).nonzero().squeeze(1)
         n_active = n_active_after if compact else int(n_active_after)
@@ -351,14 +409,10 @@ def solve_per_sample(
     buffer = torch.full((batch, n_out + 1) + tuple(y0.shape[1:]), math.nan, dtype=dtype, device=device)
     ys = buffer.index_put((torch.cat(out_rows), torch.cat(out_cols)), torch.cat(out_vals))[:, :n_out]
     total_acc, total_rej = (int(x) for x in torch.stack([n_acc.sum(), n_rej.sum()]).tolist())
-    solution = PerSampleSolution(ys=ys, ts=t, status=status, t_reached=float(t_cur.min()),
+    solution = PerSampleSolution(ys=ys, ts=t2, status=status, t_reached=float(t_cur.min()),
                                  n_accepted_per_sample=n_acc, n_rejected_per_sample=n_rej,
                                  row_evaluations=rows_evaluated[0])
     solution.stats.nfe = stats_nfe[0]
     solution.stats.n_accepted = total_acc
     solution.stats.n_rejected = total_rej
-    if status is not Status.SUCCESS and on_failure == "raise":
-        raise SolverError(status, solution.t_reached if solution.t_reached is not None else float("nan"),
-                          detail=f"method={tab.name}, per-sample stepping, {total_acc} accepted and {total_rej} "
-                                 f"rejected steps over {batch} samples, {stats_nfe[0]} function evaluations")
-    return solution
+    return solution, h
