@@ -9,6 +9,9 @@ batches, so the per-batch ratio is the epoch-time ratio.
 
     .venv/bin/python benchmarks/bench_odernn.py             # 5 interleaved repeats
     .venv/bin/python benchmarks/bench_odernn.py --quick     # 2 repeats
+    NEURALODE_DATA=... .venv/bin/python benchmarks/bench_odernn.py --epoch 400
+        # one real training epoch of the physionet experiment's ODE-RNN (protocol rubanova: 1-minute
+        # grid, batch 50, 5-layer field) on the training split of 400 patients of set a, both ways
 """
 
 from __future__ import annotations
@@ -39,15 +42,71 @@ def _batch(rows: int, batch: int, channels: int, density: float, seed: int = 0):
     return times, values, mask
 
 
+class _Run:
+    """The pieces of the experiment's ``Run`` that loading and one training epoch use."""
+
+    device = torch.device("cpu")
+
+    def info(self, msg: str) -> None:
+        print(f"  {msg}")
+
+    def log(self, *args, **kwargs) -> None:
+        pass
+
+
+def epoch_times(n_patients: int, repeats: int, protocol: str) -> None:
+    """Wall and CPU seconds of one training epoch of the physionet experiment's ODE-RNN, inline
+    Euler vs one solve per row, interleaved in one process (the weights train on between epochs;
+    fixed Euler steps make the work independent of them)."""
+    from neuralode.experiments import physionet as E
+
+    run = _Run()
+    config = E.resolve(E.Config(protocol=protocol, n_patients=n_patients, models=("ode_rnn",)))
+    data = E._load(config, run)
+    torch.manual_seed(0)
+    full = E._make("ode_rnn", config, data)
+    opt, sched = E._optimizer(full, config)
+    counter = {"epoch": 0}
+
+    def epoch(evolve):
+        def go():
+            saved = I._evolve
+            I._evolve = evolve
+            try:
+                E._train_epoch(full, opt, sched, data, config, run, 0, counter["epoch"], 0, None, [])
+            finally:
+                I._evolve = saved
+            counter["epoch"] += 1
+        return go
+
+    res = interleaved_medians({"inline Euler": epoch(I._evolve), "solve per row": epoch(_solve_per_row)},
+                              repeats, warmup=0)
+    n_batches = math.ceil(len(data.train) / config.batch_size)
+    print(f"physionet ODE-RNN, protocol {protocol}: one training epoch of {len(data.train)} patients "
+          f"({n_batches} batches of {config.batch_size}, grid {config.round_hours:.4g} h, hidden {config.hidden}, "
+          f"field {config.enc_layers} layers of {config.units}, Euler max step {config.enc_max_step:g}); "
+          f"median of {repeats}")
+    for name, t in res.items():
+        print(f"  {name:14s} wall {t.wall:8.2f} s   CPU {t.cpu:8.2f} s")
+    a, b = res["inline Euler"], res["solve per row"]
+    print(f"  epoch speed-up (solve per row / inline): wall {b.wall / a.wall:.2f}x, CPU {b.cpu / a.cpu:.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--rows", type=int, default=300, help="union grid rows of a batch (PhysioNet, 0.1 h: ~300)")
+    parser.add_argument("--epoch", type=int, default=0, metavar="N",
+                        help="instead: time real training epochs of the physionet experiment on N patients of set a")
+    parser.add_argument("--protocol", default="rubanova", help="the experiment's protocol for --epoch")
     args = parser.parse_args()
     repeats = 2 if args.quick else args.repeats
     setup(threads=1)
     print(environment())
+    if args.epoch:
+        epoch_times(args.epoch, repeats, args.protocol)
+        return
     C, B = 41, 50
     times, values, mask = _batch(args.rows, B, C, density=0.02)
     model = I.ODERNN(C, hidden=50, ode_hidden=50, solver=I.SolverConfig("euler", max_step=1 / 50))

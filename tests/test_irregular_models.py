@@ -163,3 +163,18 @@ def test_unknown_model_and_encoder_are_rejected():
         I.build_model("lstm", C)
     with pytest.raises(ValueError, match="encoder must be"):
         I.LatentODE(C, encoder="cnn")
+
+
+def test_field_init_std_draws_every_weight_of_the_field_and_zeroes_the_biases():
+    torch.manual_seed(0)
+    func = I.ODEFunc(40, 200, layers=3, init_std=0.1)
+    linears = [m for m in func.net if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == 3
+    for lin in linears:
+        assert float(lin.weight.std()) == pytest.approx(0.1, rel=0.1)
+        assert torch.all(lin.bias == 0)
+    small = I.ODEFunc(40, 200, layers=3)  # default: last layer near zero
+    assert float(small.net[-1].weight.std()) < 0.02
+    with pytest.raises(ValueError, match="init_std"):
+        I.ODEFunc(4, 8, init_std=0.0)
+

@@ -103,6 +103,7 @@ def test_rubanova_protocol_fills_the_fields_left_at_their_defaults():
     assert (r.kl_per_epoch, r.kl_mean_over_dims, r.z0_samples, r.obs_std, r.ce_weight) == (True, True, 3, 0.01, 100.0)
     assert (r.static_channels, r.pos_weight, r.classifier_layers, r.enc_layers, r.dec_layers) == (True, False, 2, 5, 5)
     assert r.split == (0.8, 0.0, 0.2) and r.round_hours == pytest.approx(1 / 60) and r.p_extrap == 0.0
+    assert r.field_init_std == 0.1 and E.Config().field_init_std is None  # theirs: N(0, 0.1²); ours: near zero
     kept = E.resolve(E.Config(protocol="rubanova", epochs=3, latent=6))  # the user's own choices win
     assert (kept.epochs, kept.latent, kept.units) == (3, 6, 50)
     assert E.resolve(E.Config()) == E.Config()
@@ -167,3 +168,92 @@ def test_bootstrap_interval_is_seeded_and_agrees_with_delong_on_a_large_sample()
 def test_mean_std_uses_the_sample_std_and_skips_missing_values():
     assert mean_std([1.0, 3.0]) == (2.0, pytest.approx(math.sqrt(2)))
     assert mean_std([2.0, float("nan"), None]) == (2.0, 0.0)
+
+
+# --------------------------------------------------------------------------- the experiment's own loop and metrics
+
+
+def _patients():
+    """Four stays, two channels: hand-sized values (hours; extrapolation split at 24 h)."""
+    from neuralode.data.physionet import Patient
+
+    def p(rid, times, values, mask, label):
+        return Patient(rid, np.array(times, np.float32), np.array(values, np.float32), np.array(mask, np.float32),
+                       label, np.zeros(5, np.float32))
+
+    return [
+        p(1, [1, 30], [[0.5, 0], [0.2, 0.4]], [[1, 0], [1, 1]], 1),
+        p(2, [2], [[0.1, 0.3]], [[1, 1]], 0),
+        p(3, [0, 25, 40], [[0.3, 0], [0, 0.6], [0.9, 0]], [[1, 0], [0, 1], [1, 0]], 0),
+        p(4, [5, 26], [[0.4, 0], [0, 0.2]], [[1, 0], [0, 1]], 1),
+    ]
+
+
+class _ZeroModel(torch.nn.Module):
+    """Predicts 0 for every entry; its state is the sum of the observed channel-1 values it was shown."""
+
+    def forward(self, times, values, mask):
+        from neuralode.nn.irregular import ModelOutput
+
+        state = (values * mask)[:, :, 1].sum(1, keepdim=True)
+        return ModelOutput(torch.zeros_like(values), state, values.new_zeros(len(values)), 0)
+
+
+class _Logit(torch.nn.Module):
+    def forward(self, state):
+        return torch.logit(state.squeeze(-1).clamp(1e-6, 1 - 1e-6))  # sigmoid(logit) = the state itself
+
+
+class _Run:
+    device = torch.device("cpu")
+
+    def log(self, *args, **kwargs):
+        pass
+
+
+def test_evaluation_metrics_match_hand_computed_values_across_batches():
+    """Predicting 0 everywhere, the metrics are averages of the squared values: per patient and
+    channel (theirs), pooled over entries (ours), and the AUC of the channel-1 sums."""
+    patients = _patients()
+    cfg = E.Config(holdout_frac=0.5, extrap_hours=24.0, eval_batch_size=3)  # batches [1, 2, 3] and [4]
+    got = E._evaluate(E._Full(_ZeroModel(), _Logit()), patients, cfg, _Run())
+    # theirs, all points as input: per patient the channel means of v², then the mean over channels
+    # 1: ((.25 + .04) / 2 + .16) / 2 = .1525; 2: (.01 + .09) / 2 = .05; 3: ((.09 + .81) / 2 + .36) / 2 = .405;
+    # 4: (.16 + .04) / 2 = .1
+    assert got["mse_rpc"] == pytest.approx((0.1525 + 0.05 + 0.405 + 0.1) / 4)
+    # theirs, extrapolation: only entries after 24 h, a channel with none counts 0
+    # 1: (.04 + .16) / 2 = .1; 2: 0; 3: (.81 + .36) / 2 = .585; 4: (0 + .04) / 2 = .02
+    assert got["extrap_mse_rpc"] == pytest.approx((0.1 + 0.0 + 0.585 + 0.02) / 4)
+    # ours, extrapolation: pooled over the 5 entries after 24 h
+    assert got["extrap_mse"] == pytest.approx((0.04 + 0.16 + 0.36 + 0.81 + 0.04) / 5)
+    # ours, interpolation: pooled over the observed entries of the held-out times
+    keeps = E._holdout_keep(patients, 0.5, 1234)
+    held = np.concatenate([(p.values**2)[~k][p.mask[~k] > 0] for p, k in zip(patients, keeps)])
+    assert len(held) > 0 and got["interp_mse"] == pytest.approx(held.mean())
+    # AUC of the channel-1 sums .4, .3, .6, .2 for labels 1, 0, 0, 1: of the 4 (death, survivor)
+    # pairs only (.4 > .3) is ranked right -> 1/4
+    np.testing.assert_allclose(got["probs"], [0.4, 0.3, 0.6, 0.2], rtol=1e-5)
+    assert got["labels"].tolist() == [1, 0, 0, 1]
+    assert got["auc"] == pytest.approx(0.25)
+    assert got["auc_ci"][0] <= 0.25 <= got["auc_ci"][1]
+
+
+@pytest.mark.parametrize("per_epoch", [True, False])
+def test_training_loop_anneals_the_kl_weight_per_epoch_or_per_step(monkeypatch, per_epoch):
+    coefs = []
+
+    def fake_loss(full, batch, keep, config, kl_coef, pos_weight, classify):
+        coefs.append(kl_coef)
+        return sum(p.sum() for p in full.parameters()) * 0.0, 0
+
+    monkeypatch.setattr(E, "_loss", fake_loss)
+    cfg = dataclasses.replace(E.resolve(E.Config(protocol="rubanova")), batch_size=2, kl_per_epoch=per_epoch)
+    full = E._Full(torch.nn.Linear(1, 1), torch.nn.Linear(1, 1))
+    opt, sched = E._optimizer(full, cfg)
+    data = E._Data(_patients(), [], [], None, None, 4)
+    step = E._train_epoch(full, opt, sched, data, cfg, _Run(), 37, 12, 0, None, [])
+    assert step == 39  # two batches of two
+    if per_epoch:  # epoch 12, wait 10: 1 - 0.99^2 for every batch of the epoch
+        assert coefs == [pytest.approx(1 - 0.99**2)] * 2
+    else:  # steps 37 and 38
+        assert coefs == [pytest.approx(1 - 0.99**27), pytest.approx(1 - 0.99**28)]

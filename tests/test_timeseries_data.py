@@ -75,6 +75,18 @@ def test_real_japanese_vowels_verify_and_parse():
     assert np.bincount(train.labels).tolist() == [30] * 9
 
 
+def test_real_pickup_gestures_verify_and_parse_with_unequal_lengths():
+    root = _root()
+    if root is None:
+        pytest.skip("timeseries files not available (set NEURALODE_DATA)")
+    train, test = T.load("PickupGestureWiimoteZ", "TRAIN", root), T.load("PickupGestureWiimoteZ", "TEST", root)
+    assert (len(train), len(test), train.n_channels, len(train.classes)) == (50, 50, 1, 10)
+    lengths = [len(v) for v in train.values]
+    assert (min(lengths), max(lengths)) == (29, 361) and max(len(v) for v in test.values) == 324
+    assert np.bincount(train.labels).tolist() == [5] * 10 == np.bincount(test.labels).tolist()
+    assert not any(np.isnan(v).any() for v in train.values)  # unequal lengths, no missing values
+
+
 def test_a_file_that_fails_verification_is_refused(tmp_path):
     from neuralode.data.cache import DataUnavailableError
 

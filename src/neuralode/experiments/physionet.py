@@ -84,6 +84,7 @@ class Config:
     latent: int = 20  # latent ODE z size
     rec_hidden: int = 40  # latent ODE encoder state size
     units: int = 50  # width of the ODE fields
+    field_init_std: float | None = None  # None: ODE fields start near zero; a std: all weights N(0, std²) (Rubanova et al.: 0.1)
     enc_method: str = "euler"  # ODE-RNN integrator between observation rows (Rubanova et al.: Euler)
     enc_max_step: float = 0.05  # largest fixed step, scaled time (0.05 = 2.4 h)
     dec_method: str = "dopri5"  # latent ODE decoder integrator
@@ -130,14 +131,15 @@ class Config:
 #: 1-minute grid; all points as input (no held-out points, no extrapolation batches); Adamax,
 #: lr 1e-2 x 0.999 per step, floored at 1e-3; KL annealed per epoch and averaged over the 20
 #: latents; 3 z0 samples in an IWAE bound; std 0.01; classifier two layers of 300 with loss
-#: weight 100 and no class weights; fields of 5 layers; Euler steps of span/50 in the ODE-RNN.
+#: weight 100 and no class weights; fields of 5 layers, every weight drawn N(0, 0.1²) and biases 0
+#: (their ``init_network_weights``); Euler steps of span/50 in the ODE-RNN.
 #: Their sequence models' state is the latent size (``-l 20``).
 RUBANOVA: dict[str, Any] = dict(
     split=(0.8, 0.0, 0.2), round_hours=1 / 60, batch_size=50, epochs=100, optimizer="adamax", lr=1e-2,
     lr_decay=0.999, lr_floor=0.1, hidden=20, latent=20, rec_hidden=40, units=50, enc_layers=5, dec_layers=5,
     enc_max_step=1 / 50, obs_std=0.01, kl_wait=10, kl_per_epoch=True, kl_mean_over_dims=True, z0_samples=3,
     ce_weight=100.0, pos_weight=False, static_channels=True, classifier_layers=2, classifier_hidden=300,
-    holdout_frac=0.0, p_extrap=0.0,
+    holdout_frac=0.0, p_extrap=0.0, field_init_std=0.1,
 )
 PROTOCOLS = ("ours", "rubanova")
 
@@ -294,7 +296,7 @@ def _make(name: str, config: Config, data: _Data) -> _Full:
     model = build_model(name, n_channels, hidden=config.hidden, latent=config.latent,
                         rec_hidden=config.rec_hidden, units=config.units, enc_solver=enc,
                         dec_solver=dec, time_scale=config.time_scale, enc_layers=config.enc_layers,
-                        dec_layers=config.dec_layers)
+                        dec_layers=config.dec_layers, field_init_std=config.field_init_std)
     mean = torch.as_tensor(data.normaliser.mean)
     if config.static_channels:  # the static channels' training means, in normalised units
         mean = torch.cat([mean, torch.as_tensor(_static_means(data), dtype=mean.dtype)])

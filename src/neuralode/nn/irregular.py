@@ -98,11 +98,15 @@ def _solve(func: nn.Module, y0: Tensor, t: Tensor, solver: SolverConfig) -> tupl
 
 
 class ODEFunc(nn.Module):
-    """Autonomous field ``dh/dt = net(h)``: MLP with tanh; ``small_init`` starts the last layer near
-    zero (the field starts near ``dh/dt = 0``), otherwise PyTorch's default initialisation (as
-    torchdiffeq's and Rubanova et al.'s code)."""
+    """Autonomous field ``dh/dt = net(h)``: MLP with tanh.
 
-    def __init__(self, dim: int, hidden: int, layers: int = 2, small_init: bool = True):
+    Initialisation: ``init_std`` given - every weight ``N(0, init_std²)``, every bias 0 (Rubanova
+    et al.'s ``init_network_weights``, std 0.1, used by their ODE-RNN and latent ODE fields);
+    otherwise ``small_init`` starts the last layer near zero (the field starts near ``dh/dt = 0``),
+    else PyTorch's default initialisation (as torchdiffeq's examples)."""
+
+    def __init__(self, dim: int, hidden: int, layers: int = 2, small_init: bool = True,
+                 init_std: float | None = None):
         super().__init__()
         mods: list[nn.Module] = []
         width = dim
@@ -110,7 +114,14 @@ class ODEFunc(nn.Module):
             mods += [nn.Linear(width, hidden), nn.Tanh()]
             width = hidden
         last = nn.Linear(width, dim)
-        if small_init:
+        if init_std is not None:
+            if not init_std > 0:
+                raise ValueError(f"init_std must be > 0 or None, got {init_std!r}")
+            for mod in [*mods, last]:
+                if isinstance(mod, nn.Linear):
+                    nn.init.normal_(mod.weight, std=init_std)
+                    nn.init.zeros_(mod.bias)
+        elif small_init:
             nn.init.normal_(last.weight, std=1e-2)
             nn.init.zeros_(last.bias)
         self.net = nn.Sequential(*mods, last)
@@ -157,15 +168,18 @@ class ODERNN(nn.Module):
         time_scale: hours -> solver time.
         field_layers: linear layers of the ODE field (2: one hidden layer; Rubanova et al.'s
             ``--rec-layers 3`` is 5).
+        field_init_std: ``None`` starts the field near zero (the ODE-RNN starts as a GRU blind to
+            the gaps); a std initialises every weight of the field ``N(0, std²)`` (Rubanova et al.:
+            0.1), so the state moves between observations from the first step.
     """
 
     def __init__(self, n_channels: int, hidden: int = 50, ode_hidden: int = 50,
                  solver: SolverConfig = SolverConfig(), time_scale: float = 1 / 48, decoder: bool = True,
-                 field_layers: int = 2):
+                 field_layers: int = 2, field_init_std: float | None = None):
         super().__init__()
         self.hidden, self.solver, self.time_scale = hidden, solver, time_scale
         self.state_dim = hidden
-        self.func = ODEFunc(hidden, ode_hidden, layers=field_layers)
+        self.func = ODEFunc(hidden, ode_hidden, layers=field_layers, init_std=field_init_std)
         self.cell = nn.GRUCell(2 * n_channels, hidden)
         self.decoder = nn.Linear(hidden, n_channels) if decoder else None  # None: encoder use only
 
@@ -293,6 +307,7 @@ class LatentODE(nn.Module):
             rtol 1e-3 / atol 1e-4 in the decoder).
         enc_layers / dec_layers: linear layers of the encoder's and the latent ODE's fields
             (Rubanova et al.'s ``--rec-layers 3 --gen-layers 3``: 5 each).
+        field_init_std: as :class:`ODERNN`'s, for the encoder's and the latent ODE's fields.
 
     ``state`` is the posterior mean of z0 (input of the classifier). Training samples z0
     (reparameterised); evaluation uses the mean.
@@ -301,7 +316,7 @@ class LatentODE(nn.Module):
     def __init__(self, n_channels: int, encoder: str = "odernn", latent: int = 20, rec_hidden: int = 40,
                  units: int = 50, enc_solver: SolverConfig = SolverConfig(),
                  dec_solver: SolverConfig = SolverConfig("dopri5"), time_scale: float = 1 / 48,
-                 enc_layers: int = 2, dec_layers: int = 3):
+                 enc_layers: int = 2, dec_layers: int = 3, field_init_std: float | None = None):
         super().__init__()
         if encoder not in ("odernn", "rnn"):
             raise ValueError(f"encoder must be 'odernn' or 'rnn', got {encoder!r}")
@@ -309,11 +324,11 @@ class LatentODE(nn.Module):
         self.state_dim = latent
         if encoder == "odernn":
             self.encoder: nn.Module = ODERNN(n_channels, rec_hidden, units, enc_solver, time_scale, decoder=False,
-                                             field_layers=enc_layers)
+                                             field_layers=enc_layers, field_init_std=field_init_std)
         else:
             self.encoder = GRUDelta(n_channels, rec_hidden, time_scale, decoder=False)
         self.to_z0 = nn.Sequential(nn.Linear(rec_hidden, units), nn.Tanh(), nn.Linear(units, 2 * latent))
-        self.func = ODEFunc(latent, units, layers=dec_layers)
+        self.func = ODEFunc(latent, units, layers=dec_layers, init_std=field_init_std)
         self.dec_solver = dec_solver
         self.decoder = nn.Linear(latent, n_channels)
 
@@ -393,16 +408,18 @@ MODEL_NAMES = ("gru_dt", "gru_decay", "ode_rnn", "latent_ode_rnn", "latent_ode_o
 def build_model(name: str, n_channels: int, *, hidden: int = 50, latent: int = 20, rec_hidden: int = 40,
                 units: int = 50, enc_solver: SolverConfig = SolverConfig(),
                 dec_solver: SolverConfig = SolverConfig("dopri5"), time_scale: float = 1 / 48,
-                enc_layers: int = 2, dec_layers: int = 3) -> nn.Module:
+                enc_layers: int = 2, dec_layers: int = 3, field_init_std: float | None = None) -> nn.Module:
     """One of :data:`MODEL_NAMES` with its sizes (``enc_layers``: the ODE-RNN's field, also as an
-    encoder; ``dec_layers``: the latent ODE's field)."""
+    encoder; ``dec_layers``: the latent ODE's field; ``field_init_std``: their initialisation)."""
     if name == "gru_dt":
         return GRUDelta(n_channels, hidden, time_scale)
     if name == "gru_decay":
         return GRUDecay(n_channels, hidden, time_scale)
     if name == "ode_rnn":
-        return ODERNN(n_channels, hidden, units, enc_solver, time_scale, field_layers=enc_layers)
+        return ODERNN(n_channels, hidden, units, enc_solver, time_scale, field_layers=enc_layers,
+                      field_init_std=field_init_std)
     if name in ("latent_ode_rnn", "latent_ode_odernn"):
         return LatentODE(n_channels, "rnn" if name == "latent_ode_rnn" else "odernn", latent, rec_hidden, units,
-                         enc_solver, dec_solver, time_scale, enc_layers=enc_layers, dec_layers=dec_layers)
+                         enc_solver, dec_solver, time_scale, enc_layers=enc_layers, dec_layers=dec_layers,
+                         field_init_std=field_init_std)
     raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
