@@ -257,3 +257,24 @@ def test_training_loop_anneals_the_kl_weight_per_epoch_or_per_step(monkeypatch, 
         assert coefs == [pytest.approx(1 - 0.99**2)] * 2
     else:  # steps 37 and 38
         assert coefs == [pytest.approx(1 - 0.99**27), pytest.approx(1 - 0.99**28)]
+
+
+def test_field_ablation_zeroes_only_a_copy_of_the_recurrent_field():
+    from neuralode.nn.irregular import ClassifierHead, build_model
+
+    torch.manual_seed(0)
+    times, values, mask = torch.tensor([0.0, 10.0, 30.0]), torch.rand(2, 3, 4), torch.ones(2, 3, 4)
+    for name in ("ode_rnn", "latent_ode_odernn"):
+        full = E._Full(build_model(name, 4, hidden=6, latent=3, rec_hidden=6, units=6, field_init_std=0.1),
+                       ClassifierHead(6 if name == "ode_rnn" else 3, 4))
+        frozen = E._without_recurrent_field(full)
+        rnn = frozen.model if name == "ode_rnn" else frozen.model.encoder
+        assert float(rnn.func(0, torch.randn(5, 6)).abs().max()) == 0.0  # the copy's field is 0
+        orig = full.model if name == "ode_rnn" else full.model.encoder
+        assert float(orig.func(0, torch.randn(5, 6)).abs().max()) > 0.0  # the trained model is untouched
+        if name == "ode_rnn":  # zero field: the state before row 2 is the state after row 1's update
+            before, _, _ = frozen.model.run(times, values, mask)
+            _, h1, _ = frozen.model.run(times[:2], values[:, :2], mask[:, :2])
+            torch.testing.assert_close(before[:, 2], h1)
+    for name in ("gru_dt", "gru_decay", "latent_ode_rnn"):
+        assert E._without_recurrent_field(E._Full(build_model(name, 4), ClassifierHead(20, 4))) is None
