@@ -20,6 +20,7 @@ from neuralode.implicit import ImplicitRKStepper
 from neuralode.implicit_tableaus import IMPLICIT_METHODS, ImplicitTableau
 from neuralode.newton import batched_jacobian, dense_jacobian, gmres, samples_independent
 from neuralode.control import rms_norm
+from neuralode.rodas import RODAS5, RosenbrockStepper, RosenbrockTableau
 from neuralode.rosenbrock import Rosenbrock23Stepper
 from problems import log_log_slope
 from neuralode.stiff_problems import linear_exact, robertson, slow_eigenvector, stiff_linear_matrix
@@ -78,30 +79,81 @@ def test_fixed_step_implicit_error_falls_at_the_declared_order_on_a_stiff_system
     assert abs(slope - order) <= 0.3, f"{method}: measured order {slope:.2f}, declared {order}; errors {errors}"
 
 
-@pytest.mark.parametrize("method", ("kvaerno3", "kvaerno5", "rosenbrock23"))
+def _adaptive_stepper(method, f):
+    if method == "rosenbrock23":
+        return Rosenbrock23Stepper(f, "dense")
+    if method == "rodas5":
+        return RosenbrockStepper(RODAS5, f, "dense")
+    return ImplicitRKStepper(IMPLICIT_METHODS[method], f, 1e-13, 1e-15, rms_norm, 20, "dense")
+
+
+def _fixed_steps(stepper, f, y0, n, t_end=1.0):
+    """``n`` steps of ``stepper`` over ``[0, t_end]``; the last step's start, stages and the end."""
+    h, y, fy = t_end / n, y0, f(0.0, y0)
+    for i in range(n):
+        start = y
+        y, ks, _ = stepper.step(lambda tt, yy, p=0: f(tt, yy), i * h, h, (i + 1) * h, y, fy)
+        fy = ks[-1] if stepper.fsal else f((i + 1) * h, y)
+    return start, ks, y
+
+
+@pytest.mark.parametrize("method", ("kvaerno3", "kvaerno5", "rosenbrock23", "rodas5"))
 def test_adaptive_implicit_steps_have_the_declared_order_at_fixed_step_sizes(method):
     M = stiff_linear_matrix()
     f = _field(M)
     y0 = torch.tensor([2.0, 0.5], dtype=torch.float64)
-    exact = linear_exact(M, y0, 1.0)
-    order = 2 if method == "rosenbrock23" else IMPLICIT_METHODS[method].order
+    span = 4.0 if method == "rodas5" else 1.0  # rodas5's error on [0, 1] meets round-off (2e-14) at h = 1/64
+    exact = linear_exact(M, y0, span)
+    order = {"rosenbrock23": 2, "rodas5": 5}.get(method) or IMPLICIT_METHODS[method].order
     hs, errors = [], []
     for n in (8, 16, 32, 64) if order == 5 else STEP_COUNTS[order]:
-        if method == "rosenbrock23":
-            stepper = Rosenbrock23Stepper(f, "dense")
-        else:
-            stepper = ImplicitRKStepper(IMPLICIT_METHODS[method], f, 1e-13, 1e-15, rms_norm, 20, "dense")
-        h, y, fy = 1.0 / n, y0, f(0.0, y0)
-        for i in range(n):
-            y, ks, _ = stepper.step(lambda tt, yy, p=0: f(tt, yy), i * h, h, (i + 1) * h, y, fy)
-            fy = ks[-1] if stepper.fsal else f((i + 1) * h, y)
-        hs.append(h)
+        _, _, y = _fixed_steps(_adaptive_stepper(method, f), f, y0, n, span)
+        hs.append(span / n)
         errors.append(float((y - exact).abs().max()))
     slope = log_log_slope(hs, errors)
     assert abs(slope - order) <= 0.3, f"{method}: measured order {slope:.2f}, declared {order}; errors {errors}"
 
 
-@pytest.mark.parametrize("method", ("kvaerno3", "kvaerno5", "rosenbrock23"))
+def _nonlinear_forced(t, y):
+    # non-autonomous (the ∂f/∂t term of a Rosenbrock method counts) and nonlinear (the coupling
+    # coefficients count: a linear constant-coefficient system checks only the stability function)
+    t = torch.as_tensor(t, dtype=y.dtype)
+    return torch.stack([-y[..., 0] * y[..., 1] + torch.cos(t), y[..., 0] - 0.5 * y[..., 1] ** 2], dim=-1)
+
+
+def _nonlinear_reference(t_end):
+    from scipy.integrate import solve_ivp
+
+    out = solve_ivp(lambda s, y: _nonlinear_forced(s, torch.from_numpy(y)).numpy(), (0.0, t_end), [1.0, 0.5],
+                    method="DOP853", rtol=1e-13, atol=1e-14, dense_output=True)
+    return lambda s: torch.from_numpy(out.sol(s))
+
+
+def test_rodas5_has_order_5_on_a_nonlinear_non_autonomous_problem_and_a_4th_order_dense_output():
+    ref = _nonlinear_reference(1.0)
+    y0 = torch.tensor([1.0, 0.5], dtype=torch.float64)
+    hs, errors, dense_errors = [], [], []
+    for n in (4, 8, 16, 32):
+        start, ks, y = _fixed_steps(RosenbrockStepper(RODAS5, _nonlinear_forced, "dense"), _nonlinear_forced, y0, n)
+        h = 1.0 / n
+        w = [sum(c * 0.5 ** (k + 1) for k, c in enumerate(row)) for row in RODAS5.rows]
+        mid = start + h * sum(wi * ki for wi, ki in zip(w, ks))
+        hs.append(h)
+        errors.append(float((y - ref(1.0)).abs().max()))
+        dense_errors.append(float((mid - ref(1.0 - h / 2)).abs().max()))
+    assert log_log_slope(hs, errors) >= 4.7, errors  # measured 4.9
+    # the dense output's own error (~h^5 per step) adds to the step start's (~h^5 globally)
+    assert log_log_slope(hs, dense_errors) >= 4.5, dense_errors
+    assert max(dense_errors[-1], errors[-1]) < 1e-7
+
+
+def test_a_rosenbrock_tableau_must_be_lower_triangular():
+    with pytest.raises(ValueError, match="strictly lower triangular"):
+        RosenbrockTableau("bad", 1, 0.5, c=(0.0, 1.0), a=((), ()), C=((), (1.0,)), d=(0.5, 0.0), b=(1.0, 0.0),
+                          b_err=(0.0, 1.0), dense=((0.0, 0.0),) * 3)
+
+
+@pytest.mark.parametrize("method", ("kvaerno3", "kvaerno5", "rosenbrock23", "rodas5"))
 def test_adaptive_implicit_error_tightens_with_the_tolerance(method):
     M = stiff_linear_matrix()
     y0 = torch.tensor([2.0, 0.5], dtype=torch.float64)
@@ -131,6 +183,15 @@ def test_a_huge_step_on_a_very_stiff_decay_stays_bounded(method):
         assert final < 1e-5, final
     else:
         assert final <= 1.0 + 1e-9, final
+
+
+@pytest.mark.parametrize("method", ("rosenbrock23", "rodas5", "kvaerno5"))
+def test_one_huge_step_of_an_l_stable_adaptive_method_damps_a_very_stiff_decay(method):
+    # hλ = -1e6: R(hλ) must be ~0 (L-stability: R(z) = O(1/z); rodas5's is -14.6/z), not merely
+    # bounded (an A-stable method that is not L-stable keeps |R| ~ 1 there).
+    f = lambda s, y: -1e6 * y  # noqa: E731
+    _, _, y = _fixed_steps(_adaptive_stepper(method, f), f, torch.tensor([1.0], dtype=torch.float64), 1)
+    assert float(y.abs()) < 1e-4, float(y)
 
 
 def test_an_explicit_method_underflowing_suggests_an_implicit_one():
@@ -238,8 +299,9 @@ def test_implicit_methods_take_torchdiffeqs_options_and_reject_unknown_ones():
 
 
 def test_every_implicit_method_is_registered_by_its_published_name():
-    for name in (*FIXED, "kvaerno3", "kvaerno5", "rosenbrock23"):
+    adaptive = ("kvaerno3", "kvaerno5", "rosenbrock23", "rodas5")
+    for name in (*FIXED, *adaptive):
         sol = neuralode.solve(lambda s, y: -y, torch.tensor([1.0], dtype=torch.float64),
                               torch.tensor([0.0, 0.5], dtype=torch.float64), method=name,
-                              options=None if name in ("kvaerno3", "kvaerno5", "rosenbrock23") else {"step_size": 0.05})
+                              options=None if name in adaptive else {"step_size": 0.05})
         assert abs(float(sol.ys[-1]) - math.exp(-0.5)) < 1e-2, name

@@ -3,13 +3,13 @@
 Fixed-step: torchdiffeq's implicit family (``implicit_euler``, ``implicit_midpoint``,
 ``trapezoid``, ``radauIIA3``, ``radauIIA5``, ``gl4``, ``gl6``, ``sdirk2``, ``trbdf2``) with
 torchdiffeq's options (``step_size``, ``grid_constructor``, ``perturb``, ``interp``,
-``max_iters``). Adaptive: Kværnø's ESDIRK pairs ``kvaerno3`` and ``kvaerno5`` and the
-Rosenbrock–W method ``rosenbrock23``, with the explicit methods' adaptive options.
+``max_iters``). Adaptive: Kværnø's ESDIRK pairs ``kvaerno3`` and ``kvaerno5``, the
+Rosenbrock–W method ``rosenbrock23`` and the Rosenbrock method ``rodas5``, with the explicit methods' adaptive options.
 
 Options of every implicit method, beyond the family's:
     ``max_iters``: Newton iterations per stage solve (torchdiffeq's name; default 100 for the
         fixed-step family as in torchdiffeq, 10 for the adaptive methods, which shrink the step
-        instead of iterating on). Ignored by ``rosenbrock23``, which solves no nonlinear system.
+        instead of iterating on). Ignored by ``rosenbrock23`` and ``rodas5``, which solve no nonlinear system.
     ``jacobian``: ``'auto'`` (default), ``'dense'``, ``'batched'`` or ``'krylov'`` (see
         :mod:`neuralode.newton`).
 
@@ -30,6 +30,7 @@ from .implicit_tableaus import IMPLICIT_METHODS, ImplicitTableau
 from .newton import JACOBIAN_MODES
 from .options import (ADAPTIVE_OPTIONS, FIXED_OPTIONS, AdaptiveOptions, FixedOptions, as_int, check_names, describe,
                       fixed_kwargs, parse_adaptive)
+from .rodas import RODAS5, RosenbrockStepper, RosenbrockTableau
 from .rosenbrock import Rosenbrock23Stepper
 from .solution import Status
 from .stepping import Method
@@ -144,11 +145,22 @@ def _rosenbrock23() -> Method:
                   reference="Shampine & Reichelt (1997), MATLAB's ode23s: a 2(3) Rosenbrock–W method, L-stable.")
 
 
+def _rosenbrock_method(tableau: RosenbrockTableau) -> Method:
+    def make_stepper(problem):
+        return RosenbrockStepper(tableau, problem.func, problem.options.jacobian)
+
+    def drive(problem, observers):
+        return _drive(problem, observers, make_stepper(problem))
+
+    return Method(tableau.name, tableau.order, True, parse_implicit_adaptive, ADAPTIVE_OPTIONS + IMPLICIT_OPTIONS,
+                  make_stepper=make_stepper, integrate=drive, callbacks=CALLBACKS, reference=tableau.reference)
+
+
 def implicit_methods() -> List[Method]:
     """Every implicit method, for the registry."""
-    return [_rk_method(tab) for tab in IMPLICIT_METHODS.values()] + [_rosenbrock23()]
+    return [_rk_method(tab) for tab in IMPLICIT_METHODS.values()] + [_rosenbrock23(), _rosenbrock_method(RODAS5)]
 
 
-IMPLICIT_METHOD_NAMES = tuple(IMPLICIT_METHODS) + ("rosenbrock23",)
+IMPLICIT_METHOD_NAMES = tuple(IMPLICIT_METHODS) + ("rosenbrock23", RODAS5.name)
 
 __all__ = ["implicit_methods", "IMPLICIT_METHOD_NAMES", "ImplicitAdaptiveOptions", "ImplicitFixedOptions"]
