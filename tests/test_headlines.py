@@ -61,6 +61,16 @@ def test_declared_headlines_replace_the_defaults_and_derived_values_work(monkeyp
     assert "not in this run" in headline_table([("cnf-2d", {"a": 1.0})])
 
 
+def test_a_summary_can_leave_out_what_the_runs_did_not_measure_and_names_it(monkeypatch):
+    monkeypatch.setattr(hl, "_DECLARED", {})
+    declare("x", Headline("a", "first", 1.0, "at_most"), Headline("b", "second variant", 1.0, "at_most"))
+    runs = [("x", {"a": 0.5})]
+    assert "second variant" in headline_table(runs)
+    table = headline_table(runs, skip_missing=True)
+    assert "| x | first | 0.5 | ≤ 1 | met |" in table and "second variant" not in table
+    assert hl.missing_headlines(runs) == ["x: second variant"]
+
+
 def test_every_default_headline_is_two_to_five_numbers():
     for name, specs in hl.DEFAULTS.items():
         assert 2 <= len(specs) <= 5, name

@@ -148,7 +148,7 @@ def summary_report(runs: Sequence[Mapping[str, Any]], root: str | os.PathLike[st
     carry ``status="failed"`` and an ``error`` without a folder on disk (an experiment that
     failed before writing anything).
     """
-    from neuralode.report.headlines import headline_table
+    from neuralode.report.headlines import headline_table, missing_headlines
 
     root = Path(root)
     n_failed = sum(r["status"] != "completed" for r in runs)
@@ -161,12 +161,16 @@ def summary_report(runs: Sequence[Mapping[str, Any]], root: str | os.PathLike[st
     parts = [f"# {title}\n",
              f"{len(runs)} experiment(s), {len(runs) - n_failed} completed, {n_failed} not completed.\n",
              env_line]
-    headlines = headline_table([(r["name"], r.get("metrics")) for r in runs if r["status"] == "completed"])
+    completed = [(r["name"], r.get("metrics")) for r in runs if r["status"] == "completed"]
+    headlines = headline_table(completed, skip_missing=True)
     if headlines:
         parts.append("## Headlines\n")
         if any(isinstance(r.get("config"), Mapping) and r["config"].get("quick") for r in runs):
             parts.append(f"*{_QUICK_NOTE}*\n")
         parts.append(headlines)
+        missing = missing_headlines(completed)
+        if missing:
+            parts.append("Not measured by these runs' configurations (see each report): " + "; ".join(missing) + ".\n")
     overview = []
     for r in runs:
         d = r.get("dir")
