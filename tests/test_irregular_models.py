@@ -92,6 +92,10 @@ def test_fixed_step_solver_takes_ceil_of_gap_over_max_step():
     assert nfe == 3
     _, nfe = I._evolve(func, y0, 0.25, I.SolverConfig("rk4", max_step=0.1))
     assert nfe == 12
+    # the fixed-grid Adams methods take the grid too (they are not adaptive): 3 steps, rk4 starts
+    assert I.SolverConfig("explicit_adams").fixed and not I.SolverConfig("dopri5").fixed
+    _, nfe = I._evolve(func, y0, 0.25, I.SolverConfig("explicit_adams", max_step=0.1))
+    assert 3 <= nfe <= 12
 
 
 def test_inline_euler_takes_the_steps_of_a_euler_solve_with_gradients():

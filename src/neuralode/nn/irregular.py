@@ -68,9 +68,10 @@ class SolverConfig:
 
     @property
     def fixed(self) -> bool:
-        from neuralode import FIXED_METHODS
+        """True for a fixed-grid method (explicit or implicit RK, the Adams family), which takes ``step_size``."""
+        from neuralode.methods import get_method
 
-        return self.method in FIXED_METHODS
+        return not get_method(self.method).adaptive
 
 
 @dataclass
