@@ -97,3 +97,49 @@ def test_compiled_fixed_step_method_and_its_gradients(field, counting_backend):
     g_plain = torch.autograd.grad(plain.sum(), y0)[0]
     g_fast = torch.autograd.grad(fast.sum(), y0)[0]
     torch.testing.assert_close(g_fast, g_plain, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,interp", [("midpoint", "cubic"), ("rk4", "linear")])
+def test_whole_fixed_grid_solve_compiled_equals_eager_with_gradients(field, method, interp):
+    field = field.double()
+    y0 = torch.randn(4, 2, dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0.0, 0.25, 0.6, 1.0], dtype=torch.float64)  # 0.6 lies between grid nodes
+    eager = neuralode.odeint(field, y0, t, method=method, options={"step_size": 0.25, "interp": interp})
+    solve = compiled.FixedGridSolve(field, t, method=method, step_size=0.25, interp=interp, backend="aot_eager")
+    whole = solve(y0)
+    assert solve.n_steps == 4
+    torch.testing.assert_close(whole, eager, rtol=1e-12, atol=1e-12)
+    g_eager = torch.autograd.grad(eager.square().sum(), [y0, *field.parameters()])
+    g_whole = torch.autograd.grad(whole.square().sum(), [y0, *field.parameters()])
+    for a, b in zip(g_whole, g_eager):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_whole_fixed_grid_solve_is_one_graph_reused_for_a_moved_grid(field):
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    y0 = torch.randn(8, 2)
+    solve = compiled.FixedGridSolve(field, torch.linspace(0, 1, 6), method="rk4", backend=backend)
+    first = solve(y0)
+    assert len(graphs) == 1  # the five steps and their outputs: one graph
+    solve.retarget(torch.linspace(0.5, 3.0, 6))  # new times, same structure
+    moved = solve(y0)
+    assert len(graphs) == 1
+    torch.testing.assert_close(moved, neuralode.odeint(field, y0, torch.linspace(0.5, 3.0, 6), method="rk4"),
+                               rtol=1e-5, atol=1e-6)
+    assert not torch.equal(first, moved)
+
+
+def test_whole_fixed_grid_solve_rejects_bad_arguments(field):
+    with pytest.raises(ValueError, match="needs a fixed-step method; got 'dopri5'"):
+        compiled.FixedGridSolve(field, torch.tensor([0.0, 1.0]), method="dopri5")
+    with pytest.raises(ValueError, match="strictly increasing"):
+        compiled.FixedGridSolve(field, torch.tensor([1.0, 0.0]))
+    with pytest.raises(ValueError, match="step_size must be a positive"):
+        compiled.FixedGridSolve(field, torch.tensor([0.0, 1.0]), step_size=-0.1)
