@@ -5,7 +5,8 @@
 # timeout so that one slow part cannot eat the rest); prints one table at the end.
 #
 #   benchmarks/gpu_suite.sh                 # on a machine with CUDA
-#   DEVICE=cpu QUICK=1 benchmarks/gpu_suite.sh   # smoke test of the script itself on CPU
+#   benchmarks/gpu_suite.sh --dry-run       # the whole script on CPU, small sizes (= DEVICE=cpu QUICK=1),
+#                                           # time limits x SLOW (default 6): proves the script runs
 #
 # Never required by the tests; the project builds and tests without a GPU.
 set -uo pipefail
@@ -13,6 +14,19 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 DEVICE=${DEVICE:-cuda}
 QUICK=${QUICK:-0}
+SLOW=${SLOW:-1}
+for arg in "$@"; do
+    case "$arg" in
+        --dry-run) DEVICE=cpu; QUICK=1; SLOW=${SLOW_DRY_RUN:-6} ;;
+        --device=*) DEVICE=${arg#--device=} ;;
+        *) echo "unknown argument $arg (valid: --dry-run, --device=cpu|cuda)" >&2; exit 2 ;;
+    esac
+done
+if [ "$DEVICE" = cuda ] && ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    echo "no CUDA device: run with --dry-run (CPU) or on a GPU machine" >&2
+    exit 2
+fi
+if [ "$DEVICE" = cpu ]; then export OMP_NUM_THREADS=1; fi
 OUT=${OUT:-runs/gpu_suite}
 mkdir -p "$OUT"
 TABLE="$OUT/table.txt"
@@ -20,7 +34,7 @@ TABLE="$OUT/table.txt"
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH}
 
 part() {  # part NAME SECONDS COMMAND...: run with a timeout, log to $OUT/NAME.log, note failures in the table
-    local name=$1 limit=$2
+    local name=$1 limit=$(( $2 * SLOW ))
     shift 2
     echo "== $name (limit ${limit}s)"
     local start=$SECONDS
@@ -65,6 +79,13 @@ part mnist 60 "$PY" benchmarks/gpu_checks.py mnist --device "$DEVICE" --steps $(
 # 6. torch.compile: compiled steps vs eager, compile time, recompilations.
 part compile 90 "$PY" benchmarks/gpu_checks.py compile --device "$DEVICE" --table "$TABLE" \
     --batch $([ $SMALL = 1 ] && echo 256 || echo 4096)
+
+# 7. Whole fixed-step solves as one graph (FixedGridSolve), with CUDA graphs on a GPU
+#    (mode reduce-overhead); the compiled adaptive step on the MLP problem.
+part compile_whole 120 "$PY" benchmarks/bench_compile.py --device "$DEVICE" --steps $([ $SMALL = 1 ] && echo 5 || echo 50) \
+    --repeats $([ $SMALL = 1 ] && echo 2 || echo 7) $([ "$DEVICE" = cuda ] && echo "--mode reduce-overhead") \
+    $([ $SMALL = 1 ] && echo "--backend aot_eager")
+grep -E "^(eager|rk4_compiled|FixedGridSolve|dopri5_compiled)" "$OUT/compile_whole.log" | sed 's/^/[compile] /' >> "$TABLE"
 
 echo
 echo "================================ GPU suite ================================"
