@@ -156,7 +156,10 @@ def mnist(device, table, steps):
             f"epoch (469 steps) ~{step * 469:.0f} s; peak memory {peak:.0f} MiB")
 
 
-def compile_speed(device, table, batch, repeats):
+def compile_speed(device, table, batch, repeats, backend="inductor"):
+    from neuralode import compiled
+
+    compiled.set_backend(backend)
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(2, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 2)).to(device)
     x = torch.randn(batch, 2, device=device)
@@ -184,7 +187,7 @@ def compile_speed(device, table, batch, repeats):
             timings[method] = statistics.median(samples)
         graphs = dyn_utils.counters["stats"]["unique_graphs"] - frames_before
         speedup = timings[base] / timings[base + "_compiled"]
-        row(table, f"[{device.type}] {base}_compiled vs {base}, MLP batch {batch}", f"{speedup:.2f}x",
+        row(table, f"[{device.type}] {base}_compiled vs {base}, MLP batch {batch}, {backend}", f"{speedup:.2f}x",
             f"eager {timings[base] * 1e3:.1f} ms, compiled {timings[base + '_compiled'] * 1e3:.1f} ms, "
             f"first solve (compiling) {first:.1f} s, graphs compiled {graphs}")
 
@@ -197,6 +200,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=5, help="timed MNIST training steps per gradient mode")
     parser.add_argument("--batch", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--backend", default="inductor", help="torch.compile backend of the compile section "
+                        "(aot_eager: capture only, for a quick dry run)")
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cpu":
@@ -206,7 +211,7 @@ def main(argv=None):
     elif args.section == "mnist":
         mnist(device, args.table, args.steps)
     else:
-        compile_speed(device, args.table, args.batch, args.repeats)
+        compile_speed(device, args.table, args.batch, args.repeats, args.backend)
 
 
 if __name__ == "__main__":

@@ -78,7 +78,7 @@ part mnist 60 "$PY" benchmarks/gpu_checks.py mnist --device "$DEVICE" --steps $(
 
 # 6. torch.compile: compiled steps vs eager, compile time, recompilations.
 part compile 90 "$PY" benchmarks/gpu_checks.py compile --device "$DEVICE" --table "$TABLE" \
-    --batch $([ $SMALL = 1 ] && echo 256 || echo 4096)
+    --batch $([ $SMALL = 1 ] && echo 256 || echo 4096) $([ $SMALL = 1 ] && echo "--backend aot_eager --repeats 2")
 
 # 7. Whole fixed-step solves as one graph (FixedGridSolve), with CUDA graphs on a GPU
 #    (mode reduce-overhead); the compiled adaptive step on the MLP problem.
