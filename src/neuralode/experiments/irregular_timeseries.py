@@ -239,8 +239,8 @@ register(
     "irregular-timeseries",
     config=Config,
     run=run,
-    description="ODE-RNN / Latent ODE vs GRU-Δt / GRU-D on UEA JapaneseVowels with 30%/50% of points dropped "
-    "(a second irregular data set beside PhysioNet)",
+    description="ODE-RNN / Latent ODE vs GRU-Δt / GRU-D on UEA JapaneseVowels (or UCR PickupGestureWiimoteZ) with "
+    "30%/50% of points dropped (a second irregular data set beside PhysioNet)",
     quick_time="~1 min",
     in_demo=False,
 )

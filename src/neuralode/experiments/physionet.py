@@ -29,6 +29,9 @@ Evaluation on the held-out test patients (never seen in training or normalisatio
 - Rubanova et al.'s MSE definitions (``mse_rpc``, ``extrap_mse_rpc``: per patient and channel
   averages with all points as input; see the protocol module);
 - forward NFE per batch, parameters, training seconds per epoch;
+- for the ODE-RNN and the ODE-RNN-encoded latent ODE, the AUC again with the recurrent ODE field
+  zeroed (an ablation: does the learned dynamics between observations carry anything the
+  classifier uses?);
 - the "predict each channel's training mean" baseline on the same entries.
 """
 
