@@ -166,8 +166,8 @@ class ImplicitRKStepper:
 
     def step(self, evaluate, t0, h, t1, y0: torch.Tensor, f0: torch.Tensor, perturb_end: int = 0):
         """One step from ``(t0, y0)``; returns ``(y1, ks, nfe)`` (see the Stepper contract)."""
-        t0f = float(t0)
-        hf = float(h)
+        t0f = float(t0.detach()) if isinstance(t0, torch.Tensor) else float(t0)
+        hf = float(h.detach()) if isinstance(h, torch.Tensor) else float(h)
         if isinstance(h, torch.Tensor):
             h = h.to(y0.dtype)
         if hf == 0.0:
@@ -220,7 +220,7 @@ class ImplicitRKStepper:
 
     def _dirk(self, evaluate, t0, h, t1, y0, f0, perturb_end, scale):
         tab = self.tableau
-        hf = float(h)
+        hf = float(h.detach()) if isinstance(h, torch.Tensor) else float(h)
         ks: List[torch.Tensor] = []
         nfe = 0
         shape = y0.shape
@@ -268,7 +268,7 @@ class ImplicitRKStepper:
 
     def _firk(self, evaluate, t0, h, t1, y0, f0, perturb_end, scale):
         tab = self.tableau
-        hf = float(h)
+        hf = float(h.detach()) if isinstance(h, torch.Tensor) else float(h)
         s = self.s
         shape = y0.shape
         dtype = y0.dtype

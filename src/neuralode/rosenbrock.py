@@ -26,6 +26,11 @@ _D = 1 / (2 + math.sqrt(2))
 _E32 = 6 + math.sqrt(2)
 
 
+def _f(x) -> float:
+    """A step's time or size as a float (a graph-carrying tensor when t has gradients)."""
+    return float(x.detach()) if isinstance(x, torch.Tensor) else float(x)
+
+
 class Rosenbrock23Stepper:
     """The :class:`~neuralode.stepping.Stepper` of Rosenbrock23.
 
@@ -49,33 +54,35 @@ class Rosenbrock23Stepper:
         self.func = func
         self.counters = NewtonCounters()
         self.matrices = NewtonMatrices(func, jacobian, self.counters)
-        self.time_dependent = None
+        # A field may declare its time dependence (the interpolating adjoint's does); else probed.
+        self.time_dependent = getattr(func, "time_dependent", None)
 
     def _dfdt(self, evaluate, t0, y0, f0, h):
         """``∂f/∂t`` at ``(t0, y0)`` by a forward difference, or ``None`` for autonomous fields."""
         if self.time_dependent is None:
             with torch.enable_grad():
-                tt = torch.scalar_tensor(float(t0), dtype=y0.dtype, device=y0.device, requires_grad=True)
+                tt = torch.scalar_tensor(_f(t0), dtype=y0.dtype, device=y0.device, requires_grad=True)
                 out = self.func(tt, y0.detach())
                 self.time_dependent = out.requires_grad and torch.autograd.grad(
                     out.sum(), tt, allow_unused=True)[0] is not None
         if not self.time_dependent:
             return None, 0
-        delta = math.sqrt(2.2e-16) * max(abs(float(t0)), abs(float(h)), 1e-8)
+        delta = math.sqrt(2.2e-16) * max(abs(_f(t0)), abs(_f(h)), 1e-8)
         return (evaluate(t0 + delta, y0, 0) - f0) / delta, 1
 
     def step(self, evaluate, t0, h, t1, y0: torch.Tensor, f0: torch.Tensor, perturb_end: int = 0):
-        if getattr(self.func, "newton_linearise", None) is not None:
-            raise ValueError("rosenbrock23 needs the exact Jacobian of the field, which the adjoint system only "
-                             "approximates (its Newton matrix is block-diagonal); run the adjoint's backward solve "
-                             "with a Newton-based method: odeint_adjoint(..., adjoint_method='kvaerno5') or "
-                             "gradient=Adjoint(method='kvaerno5')")
-        hf = float(h)
+        if getattr(self.func, "newton_linearise", None) is not None and not getattr(self.func, "exact_linearisation",
+                                                                                     False):
+            raise ValueError("rosenbrock23 needs the exact Jacobian of the field, which the back-solved adjoint "
+                             "system only approximates; use the interpolating adjoint (Adjoint(interpolate=True), "
+                             "the default for implicit methods) or a Newton-based backward method: "
+                             "odeint_adjoint(..., adjoint_method='kvaerno5') or gradient=Adjoint(method='kvaerno5')")
+        hf, t0f = _f(h), _f(t0)
         if isinstance(h, torch.Tensor):
             h = h.to(y0.dtype)
         grad = torch.is_grad_enabled() and (y0.requires_grad or f0.requires_grad)
         # W depends on J: for exact direct gradients J itself must be differentiable.
-        self.matrices.ensure(float(t0), y0, force=True, create_graph=grad)
+        self.matrices.ensure(t0f, y0, force=True, create_graph=grad)
         if self.matrices.krylov and grad:
             raise ValueError("options['jacobian']='krylov' solves its linear systems without a graph, so "
                              "gradient='direct' cannot differentiate through it; use gradient='adjoint'")
