@@ -198,6 +198,20 @@ def test_invalid_inputs_are_rejected_with_names():
         model.encode(x[0], t)
     with pytest.raises(ValueError, match="obs_std"):
         LatentODE(obs_std=0.0)
+    with pytest.raises(ValueError, match="act must be one of .*'sigmoid'"):
+        LatentODE(ode_act="sigmoid")
+
+
+def test_latent_field_is_torchdiffeqs_elu_mlp_by_default():
+    torch.manual_seed(0)
+    field = LatentODE(2, 4, 25, 20, 20).dynamics.func
+    layers = list(field.net)
+    assert [type(m).__name__ for m in layers] == ["Linear", "ELU", "Linear"]  # one hidden layer of 20
+    assert (layers[0].in_features, layers[0].out_features, layers[2].out_features) == (4, 20, 4)
+    z = torch.randn(5, 4)
+    torch.testing.assert_close(field(torch.tensor(0.0), z), layers[2](torch.nn.functional.elu(layers[0](z))))
+    deep = LatentODE(2, 4, 25, 20, 20, ode_layers=3, ode_act="tanh").dynamics.func
+    assert [type(m).__name__ for m in deep.net] == ["Linear", "Tanh", "Linear", "Tanh", "Linear"]
 
 
 def test_adjoint_and_direct_gradients_agree():

