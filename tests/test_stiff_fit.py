@@ -1,5 +1,5 @@
-"""stiff-fit: the quick run fits the observations with an implicit method, writes its report and
-figures, and shows dopri5 failing within its budget."""
+"""stiff-fit: the quick run recovers Robertson's rate constants with kvaerno5 and the adjoint,
+writes its report and figures, and shows dopri5 failing within its budget."""
 from __future__ import annotations
 
 import json
@@ -7,19 +7,24 @@ import json
 from neuralode.experiments import registry
 from neuralode.experiments import stiff_fit as E
 
+# The quick run (10 observation times, 1% noise) recovers every constant to within 10% from a
+# start up to 216% off (measured: see the README's stiff-fit row); the noise limits it to a few %.
+RECOVERY_TOLERANCE = 0.10
 
-def test_stiff_fit_quick_run_learns_the_rate_constants_and_dopri5_fails(tmp_path):
-    out = registry.run_experiment("stiff-fit", quick=True, out=tmp_path / "run")
+
+def test_stiff_fit_quick_run_recovers_the_rate_constants_with_the_adjoint_and_dopri5_fails(tmp_path):
+    registry.run_experiment("stiff-fit", quick=True, out=tmp_path / "run")
     result = json.loads((tmp_path / "run" / "result.json").read_text())
-    # The quick run (t ≤ 10, 8 steps) fits the observations; the constants themselves are only
-    # weakly identified on so short a span (see the report), so the loss is what is checked.
-    assert result["final_loss"] < 0.2 * result["initial_loss"]
+    assert result["k_rel_error_initial"] > 2.0
+    assert result["k_rel_error_max"] < RECOVERY_TOLERANCE
+    assert result["final_loss"] < 1.5 * result["noise_floor_loss"]  # fits down to the noise
+    assert result["nfe_backward_per_eval"] > 0  # the adjoint ran (the default gradient)
     assert result["dopri5_status"] == "max_steps_reached"
-    assert result["dopri5_t_reached"] < E.Config.quick().t_max
+    assert result["dopri5_t_reached"] < 1e-2 * E.Config.quick().t_max
     report = (tmp_path / "run" / "report.md").read_text()
-    assert "Robertson" in report and "dopri5" in report
+    assert "Robertson" in report and "dopri5" in report and "interpolating adjoint" in report
     assert (tmp_path / "run" / "figures" / "training.png").exists()
-    assert out is not None
+    assert (tmp_path / "run" / "figures" / "fit.png").exists()
 
 
 def test_the_observations_follow_the_true_kinetics():
