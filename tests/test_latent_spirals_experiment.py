@@ -41,6 +41,17 @@ def test_horizon_warm_up_grows_linearly_to_the_window_and_keeps_each_first_obser
     assert kept.tolist() == [[True, True, False], [True, False, False], [True, True, False]]
 
 
+def test_headlines_judge_the_papers_ordering_at_every_count():
+    from neuralode.report.headlines import headline_rows
+
+    metrics = {f"rmse_{model}_{n}": value for model, value in (("latent_ode", 0.2), ("rnn_paper", 0.4)) for n in (30, 50)}
+    metrics.update(rmse_latent_ode_100=0.5, rmse_rnn_paper_100=0.25)
+    verdicts = {row["result"]: row["verdict"] for row in headline_rows("latent-spirals", metrics)}
+    ordering = {n: verdicts[f"latent ODE / paper's RNN RMSE, {n} obs (< 1: the paper's ordering)"] for n in (30, 50, 100)}
+    assert ordering[30] == ordering[50] == "met" and ordering[100].startswith("missed")
+    assert verdicts["latent ODE extrapolation RMSE, 30 obs"] == "reproduced"  # 0.2 is within 1.5x of 0.1642
+
+
 def test_unknown_model_is_rejected_before_training(tmp_path):
     config = dataclasses.replace(_tiny(), models=("latent_ode", "transformer"))
     with pytest.raises(ValueError, match="unknown models"):
