@@ -260,9 +260,10 @@ def _figures(run: Run, history, t, obs, pred):
         axes[1].semilogy(steps, history[f"k{i + 1}_error"], "o-", label=f"k{i + 1}")
     axes[1].set(xlabel="L-BFGS iteration", ylabel="|k - k*| / k*", title="rate-constant error")
     axes[1].legend()
-    evals = [max(e, 1) for e in history["evals"]]
-    axes[2].plot(steps, [n / e for n, e in zip(history["nfe"], evals)], "o-", label="forward")
-    axes[2].plot(steps, [n / e for n, e in zip(history["nfe_backward"], evals)], "o-", label="backward (adjoint)")
+    evals = history["evals"]  # 0 where L-BFGS answered from its last point (no solve): left out
+    axes[2].plot(steps, [n / e if e else math.nan for n, e in zip(history["nfe"], evals)], "o-", label="forward")
+    axes[2].plot(steps, [n / e if e else math.nan for n, e in zip(history["nfe_backward"], evals)], "o-",
+                 label="backward (adjoint)")
     axes[2].set(xlabel="L-BFGS iteration", ylabel="NFE per loss evaluation", title="evaluations")
     axes[2].legend()
     fig.tight_layout()
