@@ -21,7 +21,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple, TypeVar, cast
 
 import torch
 
-from .control import PIController, error_ratio, fixed_grid, initial_step
+from .control import PIController, error_ratio, fixed_grid, initial_step, step_towards
 from .interpolate import evaluate_dense
 from .problem import AdaptiveOptions, Problem
 from .solution import Solution, SolveStats, Status
@@ -291,13 +291,8 @@ def _integrate_adaptive(problem: Problem, stepper: AdaptiveStepper, observers: T
             status = Status.MAX_STEPS
             break
         bound = boundaries[b_index]
-        lands = t + 1.01 * h >= bound
-        if lands:
-            h_step = bound - t
-            t1 = bound
-        else:
-            h_step = h
-            t1 = t + h
+        h_step, lands = step_towards(t, h, bound, min_step)
+        t1 = bound if lands else t + h_step
         if not h_step > 8 * _EPS * max(abs(t), span):  # also catches a NaN step (non-finite field)
             status = Status.NONFINITE if (last_nonfinite or h_step != h_step) else Status.STEP_UNDERFLOW
             break
