@@ -189,7 +189,7 @@ def test_backsolve_is_wrong_on_a_stiff_field_where_interpolation_is_right():
 def test_adjoint_succeeds_on_robertson_to_1e5_and_matches_direct():
     # The back-solved adjoint underflowed its step size at t = 1e5 here; the interpolating one
     # runs kvaerno5 on the (linear, equally stiff) adjoint system.
-    from stiff_problems import robertson
+    from neuralode.stiff_problems import robertson
 
     class Kinetics(torch.nn.Module):
         def __init__(self):
