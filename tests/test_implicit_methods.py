@@ -326,3 +326,26 @@ def test_rodas5_direct_gradients_pass_gradcheck():
     y0 = torch.tensor([0.3, 0.8], dtype=torch.float64, requires_grad=True)
     w = torch.tensor([1.0, -0.7], dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(run, (y0, w), eps=1e-6, atol=1e-5, rtol=1e-3)
+
+
+def test_rodas5s_adjoint_asks_for_a_newton_based_backward_method_which_matches_direct_gradients():
+    class Field(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor([1.0, -0.7], dtype=torch.float64))
+
+        def forward(self, s, y):
+            return torch.stack([-200.0 * self.w[0] * (y[0] - torch.sin(y[1])), self.w[1] * y[1] + torch.cos(s)])
+
+    y0 = torch.tensor([0.3, 0.8], dtype=torch.float64)
+    t = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    field = Field()
+    with pytest.raises(ValueError, match="adjoint_method='kvaerno5'"):
+        neuralode.odeint_adjoint(field, y0, t, method="rodas5")[-1].sum().backward()
+    field.zero_grad()
+    neuralode.odeint_adjoint(field, y0, t, method="rodas5", adjoint_method="kvaerno5", rtol=1e-8,
+                             atol=1e-8)[-1].sum().backward()
+    adjoint = field.w.grad.clone()
+    field.zero_grad()
+    neuralode.odeint(field, y0, t, method="rodas5", rtol=1e-8, atol=1e-8)[-1].sum().backward()
+    torch.testing.assert_close(adjoint, field.w.grad, rtol=1e-5, atol=1e-7)

@@ -24,8 +24,8 @@ Dense output (OrdinaryDiffEq.jl's): ``y(t0 + θh) = (1-θ) y0 + θ (y1 + (1-θ)(
 with ``K_r = Σ_j H_rj u_j``.
 
 The Jacobian must be the field's exact one (a Rosenbrock method with another matrix loses its
-order), so the adjoint system, whose Newton matrix is only approximate, is refused with a pointer
-to a Newton-based method.
+order), so adjoint systems, whose Newton matrices leave out the quadrature couplings, are refused
+with a pointer to a Newton-based backward method (``adjoint_method='kvaerno5'``).
 """
 from __future__ import annotations
 
@@ -171,8 +171,9 @@ class RosenbrockStepper:
 
     def step(self, evaluate, t0, h, t1, y0: torch.Tensor, f0: torch.Tensor, perturb_end: int = 0):
         if getattr(self.func, "newton_linearise", None) is not None:
-            raise ValueError(f"{self.tableau.name} needs the exact Jacobian of the field, which the adjoint system "
-                             "only approximates; run the adjoint's backward solve with a Newton-based method: "
+            raise ValueError(f"{self.tableau.name} needs the exact Jacobian of the system it solves, and an adjoint "
+                             "system's Newton matrix leaves out couplings (the quadrature channels'), which costs a "
+                             "Rosenbrock method its order; run the adjoint's backward solve with a Newton-based method: "
                              "odeint_adjoint(..., adjoint_method='kvaerno5') or gradient=Adjoint(method='kvaerno5')")
         tab = self.tableau
         hf = float(h)
