@@ -33,6 +33,7 @@ from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple, cast
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from .control import SPREAD_STEPS, START_CONSTANT
 from .errors import SolverError
 from .interpolate import dense_rows, needs_end_derivative
 from .rk import plan_for
@@ -129,7 +130,8 @@ def _combine(y: torch.Tensor, ks: List[torch.Tensor], terms, h: torch.Tensor) ->
 
 @torch.no_grad()
 def _initial_step(func, t0, y0, f0, order, rtol, atol) -> torch.Tensor:
-    """Hairer, Nørsett & Wanner's starting step (II.4) per sample; one evaluation of the batch."""
+    """Hairer, Nørsett & Wanner's starting step (II.4) per sample, with the shared loop's constant
+    (:data:`neuralode.control.START_CONSTANT`); one evaluation of the batch."""
     scale = y0.abs() * rtol + atol
     d0 = _row_norm(y0 / scale)
     d1 = _row_norm(f0 / scale)
@@ -138,7 +140,8 @@ def _initial_step(func, t0, y0, f0, order, rtol, atol) -> torch.Tensor:
     f1 = func(t0 + h0.to(t0.dtype), y0 + _bcast(h0, y0) * f0)
     d2 = _row_norm((f1 - f0) / scale) / h0
     dmax = torch.maximum(d1, d2)
-    h1 = torch.where(dmax <= 1e-15, torch.clamp_min(h0 * 1e-3, 1e-6), (0.01 / dmax.clamp_min(1e-300)) ** (1.0 / (order + 1)))
+    h1 = torch.where(dmax <= 1e-15, torch.clamp_min(h0 * 1e-3, 1e-6),
+                     (START_CONSTANT / dmax.clamp_min(1e-300)) ** (1.0 / (order + 1)))
     return torch.minimum(100 * h0, h1)
 
 
@@ -324,8 +327,12 @@ def _integrate(func: Callable, y0: torch.Tensor, t2: torch.Tensor, tab: ButcherT
         else:
             f_a = f0 if full else f0[idx]
         done_a = t_a >= te_a
+        # as control.step_towards: land on the end within 1 %, spread the last SPREAD_STEPS evenly
+        remaining = te_a - t_a
         lands = t_a + 1.01 * h_a >= te_a
-        h_step = torch.where(lands, te_a - t_a, h_a)
+        n_left = torch.ceil(remaining / torch.where(h_a > 0, h_a, torch.ones_like(h_a)))
+        spread = ~lands & (n_left <= SPREAD_STEPS)
+        h_step = torch.where(lands, remaining, torch.where(spread, remaining / n_left.clamp_min(1), h_a))
         h_step = torch.where(done_a, torch.zeros_like(h_step), h_step)
         if checkpointing and torch.is_grad_enabled():
             y1, ks, ratio = checkpoint(step, t_a, h_step, y_a, f_a, use_reentrant=False)
