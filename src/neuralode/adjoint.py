@@ -113,6 +113,29 @@ def _stats_detail(stats: SolveStats) -> str:
 
 # --------------------------------------------------------------------------- the adjoint system
 
+def _write_parts(out: torch.Tensor, offset: int, grads: Sequence[Optional[torch.Tensor]],
+                 sizes: Sequence[int]) -> None:
+    """Write the flattened ``grads`` (``None``: zeros) one after another into ``out`` from ``offset``."""
+    for g, size in zip(grads, sizes):
+        part = out[offset:offset + size]
+        if g is None:
+            part.zero_()
+        else:
+            part.copy_(g.reshape(-1))
+        offset += size
+
+
+def _checked_first(field: Any, out: torch.Tensor) -> torch.Tensor:
+    """``out``, after checking it is finite when it is the first evaluation of a backward segment
+    (``field.check_first``): the one host sync of the check, made once per segment."""
+    if field.check_first:
+        field.check_first = False
+        field.first_finite = bool(torch.isfinite(out).all())
+        if not field.first_finite:
+            raise _NonFiniteStart()
+    return out
+
+
 class _AugmentedField:
     """The adjoint system in reversed time ``r = -s`` (``s`` the forward internal time).
 
@@ -152,20 +175,8 @@ class _AugmentedField:
                 grads = (None,) * (1 + len(self.params))
         out = torch.empty_like(z)
         torch.neg(f.detach().reshape(-1), out=out[:n])
-        offset = n
-        for g, size in zip(grads, [n, *self.sizes]):
-            part = out[offset:offset + size]
-            if g is None:
-                part.zero_()
-            else:
-                part.copy_(g.reshape(-1))
-            offset += size
-        if self.check_first:
-            self.check_first = False
-            self.first_finite = bool(torch.isfinite(out).all())
-            if not self.first_finite:
-                raise _NonFiniteStart()
-        return out
+        _write_parts(out, n, grads, [n, *self.sizes])
+        return _checked_first(self, out)
 
 
 class _ForwardTrajectory:
@@ -260,20 +271,8 @@ class _InterpolatedAdjointField:
             else:
                 grads = (None,) * (1 + len(self.params))
         out = torch.empty_like(z)
-        offset = 0
-        for g, size in zip(grads, [n, *self.sizes]):
-            part = out[offset:offset + size]
-            if g is None:
-                part.zero_()
-            else:
-                part.copy_(g.reshape(-1))
-            offset += size
-        if self.check_first:
-            self.check_first = False
-            self.first_finite = bool(torch.isfinite(out).all())
-            if not self.first_finite:
-                raise _NonFiniteStart()
-        return out
+        _write_parts(out, 0, grads, [n, *self.sizes])
+        return _checked_first(self, out)
 
 
 class _NonFiniteStart(Exception):
