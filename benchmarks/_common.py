@@ -82,6 +82,22 @@ def one_eval_cost(field: Callable, t: torch.Tensor, y: torch.Tensor, calls: int 
     return Timing(m.wall / calls, m.cpu / calls)
 
 
+class TanhMLP(nn.Module):
+    """``dy/dt = MLP(y)``: Linear layers of ``widths`` with tanh between them (the benchmarks' neural field)."""
+
+    def __init__(self, widths: list[int]):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(widths, widths[1:])):
+            layers.append(nn.Linear(a, b))
+            if i < len(widths) - 2:
+                layers.append(nn.Tanh())
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, t, y, args=None):
+        return self.net(y)
+
+
 class Counting(nn.Module):
     """Counts calls of a field ``f(t, y)``; also accepts torchdyn's ``args`` keyword.
 

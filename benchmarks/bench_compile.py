@@ -33,32 +33,17 @@ import os
 import statistics
 import sys
 import time
-from typing import Callable, List
+from typing import Callable
 
 os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")  # no worker pool on a shared machine
 
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import environment, setup  # noqa: E402
+from _common import TanhMLP, environment, setup  # noqa: E402
 
 import neuralode  # noqa: E402
 from neuralode import compiled  # noqa: E402
-
-
-class Field(nn.Module):
-    def __init__(self, widths: List[int]):
-        super().__init__()
-        layers: List[nn.Module] = []
-        for i, (a, b) in enumerate(zip(widths, widths[1:])):
-            layers.append(nn.Linear(a, b))
-            if i < len(widths) - 2:
-                layers.append(nn.Tanh())
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, t, y):
-        return self.net(y)
 
 
 class CountingBackend:
@@ -131,7 +116,7 @@ def report(rows) -> None:
 
 def case_fixed(args, device: torch.device) -> None:
     torch.manual_seed(0)
-    field = Field([2, 16, 2]).to(device)
+    field = TanhMLP([2, 16, 2]).to(device)
     params = list(field.parameters())
     y0 = torch.randn(16, 2, device=device)
     t = torch.tensor([0.0, 1.0], device=device)
@@ -175,7 +160,7 @@ def case_fixed(args, device: torch.device) -> None:
 
 def case_adaptive(args, device: torch.device) -> None:
     torch.manual_seed(0)
-    field = Field([2, 64, 64, 2]).to(device)
+    field = TanhMLP([2, 64, 64, 2]).to(device)
     params = list(field.parameters())
     y0 = torch.randn(512, 2, device=device)
     t = torch.tensor([0.0, 1.0], device=device)

@@ -51,7 +51,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import Counting, environment, import_peer, setup  # noqa: E402
+from _common import Counting, TanhMLP, environment, import_peer, setup  # noqa: E402
 
 import neuralode  # noqa: E402
 
@@ -60,20 +60,6 @@ FAMILIES = ("dopri5", "tsit5", "bosh3", "dopri8")
 
 
 # --------------------------------------------------------------------------- fields
-
-class MLPField(nn.Module):
-    def __init__(self, widths):
-        super().__init__()
-        layers: List[nn.Module] = []
-        for i, (a, b) in enumerate(zip(widths, widths[1:])):
-            layers.append(nn.Linear(a, b))
-            if i < len(widths) - 2:
-                layers.append(nn.Tanh())
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, t, y, args=None):
-        return self.net(y)
-
 
 class CNFField(nn.Module):
     """``[z, log p] -> [f(z, t), -tr ∂f/∂z]`` with the exact trace (two autograd passes in 2-D)."""
@@ -164,7 +150,7 @@ def make_problem(name: str, full: bool, tols: Optional[Tuple[float, ...]], devic
     t10 = torch.tensor([0.0, 10.0], dtype=dt)
     if name == "mlp":
         b = 512 if full else 128
-        p = Problem(name, f"2-64-64-2 tanh MLP, batch {b}, t in [0, 1]", MLPField([2, 64, 64, 2]),
+        p = Problem(name, f"2-64-64-2 tanh MLP, batch {b}, t in [0, 1]", TanhMLP([2, 64, 64, 2]),
                     torch.randn(b, 2), t01, DEFAULT_TOLS)
     elif name == "cnf":
         b = 512 if full else 128
