@@ -14,6 +14,8 @@ is called): nothing of the package, so any layer may use them.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -55,9 +57,9 @@ def van_der_pol_jac(t, y):
     return np.array([[0.0, 1.0], [-2 * MU * y[0] * y[1] - 1, MU * (1 - y[0]**2)]])
 
 
-def hires(t: Tensor, y: Tensor) -> Tensor:
-    y1, y2, y3, y4, y5, y6, y7, y8 = (y[..., i] for i in range(8))
-    return torch.stack([
+def _hires_rates(y1: Any, y2: Any, y3: Any, y4: Any, y5: Any, y6: Any, y7: Any, y8: Any) -> list:
+    """HIRES's eight derivatives from its eight species (tensors or NumPy values alike)."""
+    return [
         -1.71 * y1 + 0.43 * y2 + 8.32 * y3 + 0.0007,
         1.71 * y1 - 8.75 * y2,
         -10.03 * y3 + 0.43 * y4 + 0.035 * y5,
@@ -65,20 +67,15 @@ def hires(t: Tensor, y: Tensor) -> Tensor:
         -1.745 * y5 + 0.43 * y6 + 0.43 * y7,
         -280.0 * y6 * y8 + 0.69 * y4 + 1.71 * y5 - 0.43 * y6 + 0.69 * y7,
         280.0 * y6 * y8 - 1.81 * y7,
-        -280.0 * y6 * y8 + 1.81 * y7], dim=-1)
+        -280.0 * y6 * y8 + 1.81 * y7]
+
+
+def hires(t: Tensor, y: Tensor) -> Tensor:
+    return torch.stack(_hires_rates(*(y[..., i] for i in range(8))), dim=-1)
 
 
 def hires_np(t, y):
-    y1, y2, y3, y4, y5, y6, y7, y8 = y
-    return np.array([
-        -1.71 * y1 + 0.43 * y2 + 8.32 * y3 + 0.0007,
-        1.71 * y1 - 8.75 * y2,
-        -10.03 * y3 + 0.43 * y4 + 0.035 * y5,
-        8.32 * y2 + 1.71 * y3 - 1.12 * y4,
-        -1.745 * y5 + 0.43 * y6 + 0.43 * y7,
-        -280.0 * y6 * y8 + 0.69 * y4 + 1.71 * y5 - 0.43 * y6 + 0.69 * y7,
-        280.0 * y6 * y8 - 1.81 * y7,
-        -280.0 * y6 * y8 + 1.81 * y7])
+    return np.array(_hires_rates(*y))
 
 
 def hires_jac(t, y):
