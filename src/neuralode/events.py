@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, TypeVar, Union, cast
 
 import torch
 
@@ -50,6 +50,7 @@ from .solution import Solution, SolveStats, Status, TensorOrTuple
 __all__ = ["Event", "EventRecord", "odeint_event"]
 
 _EPS = 2.220446049250313e-16
+_T = TypeVar("_T")
 _DIRECTIONS = {"both": 0, "rising": 1, "falling": -1}
 
 
@@ -92,7 +93,7 @@ class Event:
 
     @property
     def label(self) -> str:
-        return self.name or getattr(self.fn, "__name__", type(self.fn).__name__)
+        return self.name or str(getattr(self.fn, "__name__", type(self.fn).__name__))
 
 
 def _direction_sign(direction: Any) -> int:
@@ -175,11 +176,11 @@ class _Layout:
                                  "got a 0-d y0")
             self.n = y0.shape[0]
         else:
-            sizes = {s[0] if len(s) else None for s in self.shapes}
-            if None in sizes or len(sizes) != 1:
+            leading = [s[0] for s in self.shapes if len(s)]
+            if len(leading) != len(self.shapes) or len(set(leading)) != 1:
                 raise ValueError(f"per_sample_events=True needs every component of y0 to have the samples along "
                                  f"its first dimension (one size); got shapes {[tuple(s) for s in self.shapes]}")
-            self.n = sizes.pop()
+            self.n = leading[0]
 
     def keep(self, active: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """A 0/1 multiplier of the internal state that zeroes the frozen samples."""
@@ -473,9 +474,10 @@ def implicit_time(fn: _EventFunction, sample: int, element: int, field: Callable
 
 
 def _sample_mask(mask: torch.Tensor, like: torch.Tensor, fn: _EventFunction) -> torch.Tensor:
+    n = mask.shape[0]  # fn.n_samples
     if fn.shapes is None:
-        return mask.reshape((fn.n_samples,) + (1,) * (like.dim() - 1))
-    return torch.cat([mask[:, None].expand(fn.n_samples, math.prod(s[1:])).reshape(-1) for s in fn.shapes])
+        return mask.reshape((n,) + (1,) * (like.dim() - 1))
+    return torch.cat([mask[:, None].expand(n, math.prod(s[1:])).reshape(-1) for s in fn.shapes])
 
 
 # --------------------------------------------------------------------------- the solve
@@ -548,7 +550,7 @@ class EventSolve:
         self.per_sample = per_sample
         self.horizon = horizon
         self.layout = _Layout(problem) if per_sample else None
-        n = self.layout.n if per_sample else None
+        n = self.layout.n if self.layout is not None else None
         self.fns = [_EventFunction(ev, k, problem, n) for k, ev in enumerate(events)]
         self.detector = Detector(self.fns, events, per_sample, n or 1)
         self.replay = not isinstance(strategy, Direct) and torch.is_grad_enabled()
@@ -556,6 +558,11 @@ class EventSolve:
         if horizon and not problem.method.adaptive and getattr(problem.options, "step_size", None) is None:
             raise ValueError(f"event handling with the fixed-step method '{problem.method.name}' needs "
                              "options['step_size'] (as in torchdiffeq)")
+
+    @property
+    def samples(self) -> _Layout:
+        """Where the samples lie (a solve with ``per_sample_events=True`` only)."""
+        return _known(self.layout, "the per-sample layout")
 
     # ------------------------------------------------------------------ phase 1
     def detect(self) -> _Run:
@@ -565,7 +572,7 @@ class EventSolve:
         outputs: List[Optional[torch.Tensor]] = [None] * n_out
         outputs[0] = problem.y0
         run = _Run(outputs=outputs, stats=SolveStats(), status=Status.SUCCESS, t_reached=ts[0])
-        active = torch.ones(self.layout.n, dtype=torch.bool, device=problem.y0.device) if self.per_sample else None
+        active = torch.ones(self.samples.n, dtype=torch.bool, device=problem.y0.device) if self.per_sample else None
         y, t_start, first = problem.y0, ts[0], True
         window = ts[-1] - ts[0]
         if self.horizon and not problem.method.adaptive:
@@ -581,13 +588,13 @@ class EventSolve:
                     break
             func = problem.func
             if active is not None and not bool(active.all()):
-                func = _Frozen(problem.func, self.layout.keep(active, y))
+                func = _Frozen(problem.func, self.samples.keep(active, y))
             seg_problem = problem.replace(y0=y, t=_times_tensor(problem, first, t_start, later), func=func,
                                           options=options)
             self.detector.start(t_start, y, active)
             sol = _integrate_observed(seg_problem, self.detector)
             _add_stats(run.stats, sol.stats)
-            t_reached = problem.to_user_time(sol.t_reached)  # the internal time (negation is its own inverse)
+            t_reached = problem.to_user_time(_known(sol.t_reached, "the time a segment reached"))  # the internal time (negation is its own inverse)
             for j, (value, i) in enumerate(later):
                 if i is not None and value <= t_reached:
                     outputs[i] = sol.ys[j + 1]
@@ -620,20 +627,21 @@ class EventSolve:
                     options = _with_first_step(problem.options, sol.stats.final_step)
                 continue
             if not self.per_sample:
-                y = stopped[0].y  # the state where the solve stopped
+                y = _known(stopped[0].y, "the state where the solve stopped")
                 if not self.replay:
                     f = stopped[0]
                     run.times[id(f)], run.states[id(f)] = self._implicit(f, func)
                     y = run.states[id(f)]
                 break
-            seg.end_state = self.detector.end_state
-            y = self._freeze(run, seg, seg.end_state, func, implicit=not self.replay)
+            seg.end_state = end_state = _known(self.detector.end_state, "the state where samples stopped")
+            y = self._freeze(run, seg, end_state, func, implicit=not self.replay)
             if problem.method.adaptive and sol.stats.final_step:  # go on with the step size reached
                 options = _with_first_step(problem.options, sol.stats.final_step)
+            still = _known(active, "the per-sample activity mask")
             for f in stopped:
-                active[f.sample] = False
+                still[f.sample] = False
             t_start, first = t_reached, False
-            if not bool(active.any()):
+            if not bool(still.any()):
                 break
         else:
             raise RuntimeError(f"no event found up to t={problem.to_user_time(t_start)} (the solve went on through "
@@ -646,7 +654,7 @@ class EventSolve:
         """IFT tensors ``(T, y(T))`` of one firing (internal time and state)."""
         if torch.is_grad_enabled():
             self.nfe += 1  # the field at the event
-        return implicit_time(self.fns[f.event], f.sample, f.element, func, f.t, f.y)
+        return implicit_time(self.fns[f.event], f.sample, f.element, func, f.t, _known(f.y, "the state at a firing"))
 
     def _freeze(self, run: _Run, seg: _Segment, y: torch.Tensor, func: Callable, implicit: bool) -> torch.Tensor:
         """Per sample: the state to restart from at ``seg.t_end`` (``y`` there), with each stopped
@@ -655,14 +663,14 @@ class EventSolve:
         for f in seg.stopped:
             if implicit:
                 run.times[id(f)], run.states[id(f)] = self._implicit(f, func)
-            y_T = run.states.get(id(f), f.y)
-            one = torch.zeros(self.layout.n, dtype=torch.bool, device=y.device)
+            y_T = run.states[id(f)] if id(f) in run.states else _known(f.y, "the state at a firing")
+            one = torch.zeros(self.samples.n, dtype=torch.bool, device=y.device)
             one[f.sample] = True
-            mask = self.layout.keep(one, y).to(torch.bool)
+            mask = self.samples.keep(one, y).to(torch.bool)
             y = torch.where(mask, y_T, y)
             for i in seg.outputs:
                 if ts[i] > f.t:
-                    run.outputs[i] = torch.where(mask, y_T, run.outputs[i])
+                    run.outputs[i] = torch.where(mask, y_T, _known(run.outputs[i], "an output before the stop"))
         return y
 
     # ------------------------------------------------------------------ phase 2
@@ -735,7 +743,7 @@ class EventSolve:
     # ------------------------------------------------------------------ results
     def user_state(self, y: torch.Tensor, sample: Optional[int]) -> TensorOrTuple:
         if sample is not None and self.per_sample:
-            return self.layout.sample(y, sample)
+            return self.samples.sample(y, sample)
         return y if self.problem.shapes is None else unflatten(y, self.problem.shapes)
 
     def record(self, run: _Run) -> EventRecord:
@@ -754,7 +762,7 @@ class EventSolve:
         stops = {f.sample: f for seg in run.segments for f in seg.stopped}
         final = run.final if run.final is not None else problem.y0
         if self.per_sample:
-            n = self.layout.n
+            n = self.samples.n
             stop_t = torch.stack([sign * run.times[id(stops[b])].to(dtype) if b in stops else final_t
                                   for b in range(n)])
             stop_which = torch.tensor([stops[b].event if b in stops else -1 for b in range(n)], dtype=torch.long,
@@ -770,6 +778,13 @@ class EventSolve:
                            names=tuple(ev.label for ev in self.events))
 
 
+def _known(value: Optional[_T], what: str) -> _T:
+    """``value``, which this point of the solve guarantees is set (an internal invariant)."""
+    if value is None:
+        raise RuntimeError(f"internal error in the event solve: {what} is missing")
+    return value
+
+
 def _graft(value: Optional[torch.Tensor], graph: torch.Tensor) -> torch.Tensor:
     """``value`` with the gradient of ``graph`` (equal to it up to the solver's tolerance)."""
     if value is None:
@@ -780,7 +795,7 @@ def _graft(value: Optional[torch.Tensor], graph: torch.Tensor) -> torch.Tensor:
 def _with_first_step(options, h: float):
     import dataclasses
 
-    if dataclasses.is_dataclass(options) and any(f.name == "first_step" for f in dataclasses.fields(options)):
+    if dataclasses.is_dataclass(options) and not isinstance(options, type) and any(f.name == "first_step" for f in dataclasses.fields(options)):
         return dataclasses.replace(options, first_step=h)
     return options
 
@@ -792,7 +807,7 @@ def _stack_states(states: List[TensorOrTuple], template: TensorOrTuple) -> Tenso
         return tuple(torch.stack(parts) for parts in zip(*states))
     if not states:
         return template.new_zeros((0,) + tuple(template.shape))
-    return torch.stack(states)
+    return torch.stack(cast(List[torch.Tensor], states))  # a tensor template: every state is a tensor
 
 
 def solve_with_events(problem: Problem, events: Any, strategy: Any, per_sample: bool = False) -> Solution:
@@ -808,7 +823,7 @@ def solve_with_events(problem: Problem, events: Any, strategy: Any, per_sample: 
     if per_sample and run.status is Status.SUCCESS:  # every sample stopped: the rest stays frozen
         run.outputs[n:] = [run.final] * (len(run.outputs) - n)
         n = len(run.outputs)
-    ys = torch.stack(run.outputs[:n])
+    ys = torch.stack([_known(y, "an output reached") for y in run.outputs[:n]])
     if run.status is not Status.SUCCESS:
         nan = torch.full_like(problem.y0, math.nan)
         ys = torch.cat([ys, nan.expand((len(run.outputs) - n,) + tuple(nan.shape))])

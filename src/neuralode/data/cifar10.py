@@ -89,10 +89,18 @@ def _from_pickle_archive(path: Path, split: str) -> tuple[np.ndarray, np.ndarray
     with tarfile.open(path, "r:gz") as tf:
         for name in _BATCHES[split]:
             member = tf.getmember(f"cifar-10-batches-py/{name}")
-            x, y = parse_cifar_batch(tf.extractfile(member).read())
+            x, y = parse_cifar_batch(_member_bytes(tf, member, path))
             xs.append(x)
             ys.append(y)
     return np.concatenate(xs), np.concatenate(ys)
+
+
+def _member_bytes(tf: tarfile.TarFile, member: tarfile.TarInfo, path: Path) -> bytes:
+    """The bytes of a regular-file member (``extractfile`` gives None for links and directories)."""
+    f = tf.extractfile(member)
+    if f is None:
+        raise ValueError(f"{path}: member {member.name!r} is not a regular file")
+    return f.read()
 
 
 def _decode_jpeg_tar(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -107,7 +115,7 @@ def _decode_jpeg_tar(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
             parts = m.name.split("/")
             if len(parts) != 3 or parts[0] != split:
                 continue
-            img = Image.open(io.BytesIO(tf.extractfile(m).read())).convert("RGB")
+            img = Image.open(io.BytesIO(_member_bytes(tf, m, path))).convert("RGB")
             items.append((CIFAR10_CLASSES.index(parts[1]), parts[2], np.asarray(img)))
     if not items:
         raise ValueError(f"{path}: no '{split}/<class>/*.jpg' members")
@@ -121,7 +129,7 @@ def _save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     with os.fdopen(fd, "wb") as f:
-        np.savez(f, **arrays)
+        np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub lets **kwds reach allow_pickle
     os.replace(tmp, path)
 
 
@@ -131,7 +139,7 @@ def _from_jpeg_copy(split: str, download: bool) -> tuple[np.ndarray, np.ndarray]
         with np.load(npz) as f:
             return f["x"].transpose(0, 3, 1, 2).copy(), f["y"].astype(np.int64)
     tar = fetch(JPEG_ARCHIVE, "cifar10_jpg", download=download)
-    cached = cache_dir() / "cifar10_jpg" / f"{split}_jpgdecoded_{JPEG_ARCHIVE.sha256[:12]}.npz"
+    cached = cache_dir() / "cifar10_jpg" / f"{split}_jpgdecoded_{(JPEG_ARCHIVE.sha256 or '')[:12]}.npz"
     if cached.exists():
         try:
             with np.load(cached) as f:

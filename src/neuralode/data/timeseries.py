@@ -102,7 +102,7 @@ def parse_ts(lines: Iterable[str], source: str = "<ts>") -> Series:
             raise TSFormatError(source, number, f"{len(cols)} channels, the file's first case has {n_ch}")
         values.append(np.stack(cols, 1))
         labels.append(classes.index(label))
-    if not values:
+    if not values or classes is None:  # classes is set whenever a case was read
         raise TSFormatError(source, 0, "no cases after @data")
     return Series(values, np.asarray(labels, dtype=np.int64), classes)
 

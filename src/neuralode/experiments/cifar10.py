@@ -71,7 +71,7 @@ def per_class_table(results: dict[str, dict], classes: list[str]) -> tuple[list[
     """Rows ``class | <variant> precision / recall / F1`` and macro averages per variant."""
     from sklearn.metrics import precision_recall_fscore_support
 
-    rows = [{"class": c} for c in classes]
+    rows: list[dict[str, Any]] = [{"class": c} for c in classes]
     macro: dict[str, Any] = {}
     for v, r in results.items():
         p, rc, f, _ = precision_recall_fscore_support(r["labels"], r["predictions"],

@@ -107,7 +107,9 @@ def coco_map(preds: Sequence[dict], truths: Sequence[dict], classes: Sequence[st
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("COCO AP needs pycocotools: pip install 'neuralode[detect]' (or pycocotools)") from exc
 
-    images, annotations, detections = [], [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    detections: list[dict[str, Any]] = []
     for i, (p, t) in enumerate(zip(preds, truths)):
         images.append({"id": i})
         for b, lab in zip(_np(t["boxes"]).reshape(-1, 4), _np(t["labels"]).reshape(-1)):

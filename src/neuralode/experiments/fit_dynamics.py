@@ -437,8 +437,8 @@ def run_linear(config: LinearConfig, run: Run) -> dict[str, Any]:
     eig_learned = torch.linalg.eigvals(learned.double())
 
     def fmt(e: torch.Tensor) -> str:
-        e = sorted(e.tolist(), key=lambda z: (z.real, z.imag))
-        return ", ".join(f"{z.real:.4f}{z.imag:+.4f}i" for z in e)
+        ordered = sorted(e.tolist(), key=lambda z: (z.real, z.imag))
+        return ", ".join(f"{z.real:.4f}{z.imag:+.4f}i" for z in ordered)
 
     run.write_report(
         f"# fit-linear: recovering a {config.dim}-D linear system from trajectory snippets\n\n"

@@ -106,7 +106,8 @@ def _dist() -> Any:
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The model inside a DistributedDataParallel wrapper (or the model itself)."""
-    return model.module if hasattr(model, "module") else model
+    inner = getattr(model, "module", model)
+    return inner if isinstance(inner, nn.Module) else model
 
 
 def _all_mean(values: list[float], device: torch.device) -> list[float]:
@@ -272,7 +273,8 @@ def count_saved_bytes() -> Iterator[dict[str, int]]:
 
 def _nfe(model: nn.Module) -> tuple[float, float]:
     """(forward, backward) NFE of the ODE block's last call; (0, 0) for a ResNet."""
-    stats = unwrap(model).ode_stats() if hasattr(unwrap(model), "ode_stats") else None
+    ode_stats = getattr(unwrap(model), "ode_stats", None)
+    stats = ode_stats() if callable(ode_stats) else None
     if stats is None:
         return 0.0, 0.0
     return float(getattr(stats, "nfe", 0) or 0), float(getattr(stats, "nfe_backward", 0) or 0)

@@ -23,13 +23,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
 from neuralode.experiments.base import Run
 from neuralode.experiments.registry import register
+
+if TYPE_CHECKING:
+    from neuralode.nn.image import ImageClassifier
 
 # (label, method, rtol/atol, fixed step)
 SETTINGS = [
@@ -82,7 +85,7 @@ def _load(dataset: str) -> tuple[Any, Any]:
 
 
 def _make(dataset: str, n_classes: int, method: str, tol: float | None, step: float | None,
-          gradient: str, t_end: float = 1.0) -> torch.nn.Module:
+          gradient: str, t_end: float = 1.0) -> ImageClassifier:
     from neuralode.nn.image import make_image_classifier
 
     kw: dict[str, Any] = {"method": method, "gradient": gradient, "t_end": t_end}
@@ -102,7 +105,7 @@ def _load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> N
     model.load_state_dict(params, strict=False)
 
 
-def _measure(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int,
+def _measure(model: ImageClassifier, x: torch.Tensor, y: torch.Tensor, steps: int,
              device: torch.device) -> dict[str, float]:
     """Mean NFE / time and peak memory of ``steps`` forward+backward passes (after a warm-up)."""
     from neuralode.experiments.image_training import MemoryMeter, count_saved_bytes
@@ -253,9 +256,9 @@ def run(config: Config, run: Run) -> dict[str, Any]:
     rows: list[dict] = []
     horizon_rows: list[dict] = []
     for ds in [d.strip() for d in config.datasets.split(",") if d.strip()]:
-        r, h = _study_dataset(config, run, ds)
-        rows += r
-        horizon_rows += h
+        table, horizon = _study_dataset(config, run, ds)
+        rows += table
+        horizon_rows += horizon
     if run.is_main:
         atomic_write_json(run.dir / "solver_table.json", rows)
         atomic_write_json(run.dir / "memory_vs_horizon.json", horizon_rows)

@@ -21,13 +21,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from neuralode.experiments.base import Run
 from neuralode.experiments.registry import register
+
+if TYPE_CHECKING:
+    from neuralode.nn.image import ImageClassifier
 
 
 @dataclass
@@ -71,7 +74,7 @@ def _weights_file(spec: str) -> Path:
     return p
 
 
-def _trained_model(config: Config, run: Run, train: Any, test: Any) -> tuple[torch.nn.Module, dict]:
+def _trained_model(config: Config, run: Run, train: Any, test: Any) -> tuple[ImageClassifier, dict]:
     from neuralode.experiments.image_training import TrainSettings, train_classifier
     from neuralode.nn.image import make_image_classifier
 
@@ -97,7 +100,7 @@ def _trained_model(config: Config, run: Run, train: Any, test: Any) -> tuple[tor
 
 
 @torch.no_grad()
-def _trajectories(model: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, batch: int = 250
+def _trajectories(model: ImageClassifier, x: torch.Tensor, t: torch.Tensor, batch: int = 250
                   ) -> tuple[np.ndarray, np.ndarray]:
     """States ``(T, N, D)`` and head probabilities ``(T, N, K)``."""
     model.eval()
