@@ -294,17 +294,16 @@ def test_archimedean_clockwise_family_is_the_mirror_image_of_the_counter_clockwi
 
 
 def test_extrapolation_windows_are_of_the_family_the_observation_windows_teach():
-    """Coverage: with the default (Archimedean) families, an oracle that knows each spiral's phase
-    but no radius beyond those its family's observation windows show extrapolates within twice the
-    noise; torchdiffeq's hyperbolic clockwise family leaves most of its extrapolated radii unseen."""
+    """The law: with the Archimedean families the radius grows by b per radian at every radius, both
+    ways; torchdiffeq's hyperbolic clockwise family leaves most of its extrapolated radii unseen (an
+    oracle that knows each spiral's phase but caps its radius at the largest observed one: > 0.5)."""
     from neuralode.data.spirals import capped_radius_oracle_rmse
 
     data = generate_spirals(1000, seed=0)
     assert data.meta["clockwise"] == "archimedean"
-    assert capped_radius_oracle_rmse(data) < 0.2
     hyperbolic = generate_spirals(1000, clockwise="torchdiffeq", seed=0)
     assert capped_radius_oracle_rmse(hyperbolic) > 0.5
-    # the law is the same at every radius: radius grows by b per radian in both directions
+    assert capped_radius_oracle_rmse(hyperbolic) > 2 * capped_radius_oracle_rmse(data)
     for k in range(4):
         for cw in (True, False):
             sel = (data.clockwise == cw).nonzero().flatten()[k]
@@ -314,6 +313,37 @@ def test_extrapolation_windows_are_of_the_family_the_observation_windows_teach()
                                        atol=1e-5)
 
 
+@pytest.mark.parametrize(("n_total", "n_window"), [(500, 100), (400, 100), (1000, 100), (160, 40)])
+def test_covered_test_windows_extrapolate_only_over_grid_points_training_observations_cover(n_total, n_window):
+    """The radii: windows from covered_start_range end (extrapolation included) where observation
+    windows from the default range end at the latest, and start no earlier than they start."""
+    from neuralode.data.spirals import covered_start_range, default_start_range
+
+    (lo, hi), (c_lo, c_hi) = default_start_range(n_total, n_window), covered_start_range(n_total, n_window)
+    assert c_lo >= lo and c_hi + 2 * n_window - 1 == hi + n_window - 1  # last extrapolated = last observable point
+    test = generate_spirals(50, n_total=n_total, n_window=n_window, obs_counts=(10,), start_range=(c_lo, c_hi), seed=2)
+    assert (test.start_index >= c_lo).all() and (test.start_index <= c_hi).all()
+    assert test.meta["start_range"] == (c_lo, c_hi)
+
+
+def test_capped_radius_oracle_is_exact_on_covered_test_windows_and_not_on_the_training_range():
+    """The coverage property the experiment's split relies on: the held-out spirals' extrapolations
+    on windows from covered_start_range need no radius the training observation windows lack
+    (oracle ~0, far below the noise 0.1); on windows from the training range they do (~0.2)."""
+    from neuralode.data.spirals import capped_radius_oracle_rmse, covered_start_range
+
+    train = generate_spirals(800, seed=0)
+    covered = generate_spirals(200, start_range=covered_start_range(500, 100), seed=1)
+    same_range = generate_spirals(200, seed=1)
+    assert capped_radius_oracle_rmse(covered, train) < 0.01
+    assert 0.1 < capped_radius_oracle_rmse(same_range, train) < 0.3
+    # the same seed with another start range: the same directions, other windows
+    other = generate_spirals(800, start_range=covered_start_range(500, 100), seed=0)
+    assert torch.equal(other.clockwise, train.clockwise) and not torch.equal(other.start_index, train.start_index)
+    with pytest.raises(ValueError, match="n_total >= 4"):
+        covered_start_range(350, 100)
+
+
 def test_spiral_generator_rejects_bad_arguments():
     with pytest.raises(ValueError, match="n_total"):
         generate_spirals(10, n_total=200, n_window=100)
@@ -321,6 +351,10 @@ def test_spiral_generator_rejects_bad_arguments():
         generate_spirals(10, obs_counts=(150,))
     with pytest.raises(ValueError, match="n_spirals"):
         generate_spirals(1)
+    with pytest.raises(ValueError, match="start_range"):
+        generate_spirals(10, start_range=(100, 301))
+    with pytest.raises(ValueError, match="start_range"):
+        generate_spirals(10, start_range=(200, 100))
 
 
 def test_papers_rnn_baseline_is_a_tanh_rnn_with_a_linear_head_and_bad_choices_are_named():

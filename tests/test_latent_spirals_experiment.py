@@ -15,7 +15,7 @@ torch.set_num_threads(1)
 
 
 def _tiny() -> E.Config:
-    return E.Config(n_spirals=40, n_total=80, n_window=20, obs_counts=(5, 10, 20), iters=6, batch_size=8,
+    return E.Config(n_spirals=40, n_total=100, n_window=20, obs_counts=(5, 10, 20), iters=6, batch_size=8,
                     checkpoint_every=2, log_every=1, latent_dim=3, rec_hidden=6, ode_hidden=6, rnn_hidden=6,
                     rnn_head_hidden=6, eval_batch_size=7, n_plot=1)
 
