@@ -52,6 +52,24 @@ def test_headlines_judge_the_papers_ordering_at_every_count():
     assert verdicts["latent ODE extrapolation RMSE, 30 obs"] == "reproduced"  # 0.2 is within 1.5x of 0.1642
 
 
+def test_covered_test_windows_keep_the_training_set_and_move_only_the_held_out_windows():
+    class _Quiet:
+        def info(self, *args):
+            pass
+
+    config = E.Config(n_spirals=200, obs_counts=(30,))
+    covered, old = E._load(config, _Quiet()), E._load(dataclasses.replace(config, test_windows="all"), _Quiet())
+    torch.testing.assert_close(covered.train.noisy, old.train.noisy)  # the same training spirals either way
+    assert (covered.train.start_index <= 300).all() and int(covered.train.start_index.max()) > 200
+    assert covered.test.meta["start_range"] == (100, 200) and old.test.meta["start_range"] == (100, 300)
+    assert torch.equal(covered.test.clockwise, old.test.clockwise) and old.test_all is None
+    torch.testing.assert_close(covered.test_all.noisy, old.test.noisy)  # still reported as the all-starts rows
+    # every test extrapolation point lies at or before the last grid point a training observation window reaches
+    assert int((covered.test.start_index + 199).max()) <= int((covered.train.start_index + 99).max())
+    with pytest.raises(ValueError, match="test_windows must be one of"):
+        E._load(dataclasses.replace(config, test_windows="late"), _Quiet())
+
+
 def test_unknown_model_is_rejected_before_training(tmp_path):
     config = dataclasses.replace(_tiny(), models=("latent_ode", "transformer"))
     with pytest.raises(ValueError, match="unknown models"):
