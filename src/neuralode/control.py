@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Optional, Sequence, Tuple, Union
 
 import torch
 
 Norm = Callable[[torch.Tensor], Union[torch.Tensor, float]]
 Tolerance = Union[float, torch.Tensor]
+# The rules below (first step, step-size factor, step spreading) are written once, elementwise:
+# on Python floats for the shared loop (one step size, decided on the host) and on tensors of one
+# value per sample for per-sample stepping (neuralode.persample), so the two cannot drift apart.
+Value = Any  # a float, or a tensor of per-sample values
 
 # Chosen from the work–precision data (benchmarks/bench_work_precision.py; BENCHMARKS.md has the
 # variants tried and their counts).
@@ -16,6 +20,30 @@ SPREAD_STEPS = 2  # the last steps before a boundary are made equal when it is a
 # True: after the first accepted step (no history yet), I-control with exponent 1/order. Tried:
 # fewer evaluations on the neural-ODE problems, more points above a peer's curve (BENCHMARKS.md).
 FIRST_STEP_I = False
+
+
+def _where(condition: Value, a: Value, b: Value) -> Value:
+    if isinstance(condition, torch.Tensor):
+        return torch.where(condition, a, b)
+    return a if condition else b
+
+
+def _clamp(x: Value, low: Optional[float] = None, high: Optional[float] = None) -> Value:
+    if isinstance(x, torch.Tensor):
+        return x.clamp(low, high)
+    if low is not None and not x > low:  # as max(low, x)
+        x = low
+    return x if high is None or x < high else high
+
+
+def _ceil(x: Value) -> Value:
+    if isinstance(x, torch.Tensor):
+        return torch.ceil(x)
+    return float(math.ceil(x)) if math.isfinite(x) else x
+
+
+def _isfinite(x: Value) -> Value:
+    return torch.isfinite(x) if isinstance(x, torch.Tensor) else math.isfinite(x)
 
 
 def rms_norm(x: torch.Tensor) -> torch.Tensor:
@@ -33,6 +61,19 @@ def mixed_norm(sizes: Sequence[int]) -> Norm:
     return norm
 
 
+def rms_norm_rows(x: torch.Tensor) -> torch.Tensor:
+    """RMS over each row's elements (the leading dimension indexes samples): shape ``(n,)``."""
+    norm: torch.Tensor = torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1)
+    return norm / math.sqrt(max(x[0].numel(), 1))
+
+
+def tolerance_scale(y0: torch.Tensor, y1: Optional[torch.Tensor], rtol: Tolerance, atol: Tolerance) -> torch.Tensor:
+    """``atol + rtol·max(|y0|, |y1|)`` (``atol + rtol·|y0|`` without ``y1``): errors are measured in these units."""
+    if y1 is None:
+        return y0.abs().mul(rtol).add_(atol)
+    return torch.maximum(y0.abs(), y1.abs()).mul_(rtol).add_(atol)
+
+
 def error_ratio(error: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, rtol: Tolerance, atol: Tolerance, norm: Norm) -> float:
     """``norm(error / (atol + rtol·max(|y0|, |y1|)))``: the step is accepted when this is ≤ 1.
 
@@ -40,8 +81,7 @@ def error_ratio(error: torch.Tensor, y0: torch.Tensor, y1: torch.Tensor, rtol: T
     divided in place). The default RMS norm is evaluated as one reduction and a host-side
     division, the only synchronisation a step needs.
     """
-    scale = torch.maximum(y0.abs(), y1.abs()).mul_(rtol).add_(atol)
-    scaled = error.div_(scale)
+    scaled = error.div_(tolerance_scale(y0, y1, rtol, atol))
     if norm is rms_norm:
         return float(torch.linalg.vector_norm(scaled)) / math.sqrt(max(scaled.numel(), 1))
     return float(norm(scaled))
@@ -69,20 +109,34 @@ def initial_step(evaluate: Callable[[float, torch.Tensor, int], torch.Tensor], t
 
     Two host transfers: ``d0`` and ``d1`` together, then ``d2``.
     """
-    scale = y0.abs().mul(rtol).add_(atol)
+    scale = tolerance_scale(y0, None, rtol, atol)
     if norm is rms_norm:
         d0, d1 = torch.stack([rms_norm(y0 / scale), rms_norm(f0 / scale)]).abs().tolist()
     else:
         d0, d1 = abs(float(norm(y0 / scale))), abs(float(norm(f0 / scale)))
-    h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+    h0 = trial_step(d0, d1)
     y1 = torch.add(y0, f0, alpha=h0)
     f1 = evaluate(t0 + h0, y1, 0)
     d2 = abs(float(norm((f1 - f0) / scale))) / h0
-    if d1 <= 1e-15 and d2 <= 1e-15:
-        h1 = max(1e-6, h0 * 1e-3)
-    else:
-        h1 = (START_CONSTANT / max(d1, d2)) ** (1.0 / (order + 1))
-    return min(100 * h0, h1)
+    h: float = first_step(h0, d1, d2, order)
+    return h
+
+
+def trial_step(d0: Value, d1: Value) -> Value:
+    """HINIT's trial step ``h0 = 0.01·d0/d1`` (``1e-6`` when either is below ``1e-5``), from the
+    scaled norms of the state (``d0``) and of its derivative (``d1``); elementwise."""
+    small = (d0 < 1e-5) | (d1 < 1e-5)
+    return _where(small, 1e-6, 0.01 * d0 / _clamp(d1, low=1e-300))
+
+
+def first_step(h0: Value, d1: Value, d2: Value, order: int) -> Value:
+    """The starting step from the trial step ``h0``, the scaled derivative norm ``d1`` and the
+    scaled second-derivative estimate ``d2 = |f(t0 + h0, y0 + h0·f0) - f0| / h0`` (see
+    :func:`initial_step`); elementwise."""
+    dmax = torch.maximum(d1, d2) if isinstance(d1, torch.Tensor) else max(d1, d2)
+    h1 = _where(dmax <= 1e-15, _clamp(h0 * 1e-3, low=1e-6),
+                (START_CONSTANT / _clamp(dmax, low=1e-300)) ** (1.0 / (order + 1)))
+    return _where(h1 < 100 * h0, h1, 100 * h0)
 
 
 class PIController:
@@ -107,31 +161,37 @@ class PIController:
 
     def propose(self, h: float, ratio: float, accepted: bool) -> float:
         """The next step size after a step of size ``h`` with error ratio ``ratio``."""
-        if not math.isfinite(ratio):
-            factor = self.dfactor
-        elif ratio == 0.0:
-            factor = self.ifactor
-        else:
-            if accepted and not self.history and FIRST_STEP_I:
-                factor = self.safety * ratio ** (-1.0 / self.order)
-            else:
-                factor = self.safety * ratio ** (-self.alpha)
-                if accepted:
-                    factor *= max(self.previous_ratio, 1e-4) ** self.beta
-            factor = min(self.ifactor, max(self.dfactor, factor))
+        factor: float = self.factor(ratio, accepted, self.previous_ratio, self.last_rejected, self.history)
         if accepted:
-            if self.last_rejected:
-                factor = min(factor, 1.0)
-            self.previous_ratio = max(ratio, 1e-4) if math.isfinite(ratio) else 1.0
-            self.last_rejected = False
+            self.previous_ratio = self.remember(ratio, accepted, self.previous_ratio)
             self.history = True
-        else:
-            factor = min(factor, 1.0)
-            self.last_rejected = True
+        self.last_rejected = not accepted
         return h * factor
 
+    def factor(self, ratio: Value, accepted: Value, previous_ratio: Value, last_rejected: Value,
+               history: Value) -> Value:
+        """The step-size factor, elementwise (floats, or per-sample tensors with the controller's
+        state held by the caller): ``dfactor`` after a non-finite error, ``ifactor`` after a zero
+        one, else the PI formula clipped to ``[dfactor, ifactor]``; at most 1 after a rejection and
+        on the step accepted right after one. ``history``: whether a step was accepted before."""
+        r = _clamp(ratio, low=1e-300)
+        factor = self.safety * r ** (-self.alpha) * _where(accepted, _clamp(previous_ratio, low=1e-4) ** self.beta, 1.0)
+        if FIRST_STEP_I:
+            factor = _where(history, factor, _where(accepted, self.safety * r ** (-1.0 / self.order), factor))
+        factor = _clamp(factor, self.dfactor, self.ifactor)
+        factor = _where(ratio == 0, self.ifactor, factor)
+        factor = _where(_isfinite(ratio), factor, self.dfactor)
+        capped = _clamp(factor, high=1.0)
+        return _where(accepted, _where(last_rejected, capped, factor), capped)
 
-def step_towards(t: float, h: float, bound: float, min_step: float = 0.0) -> Tuple[float, bool]:
+    @staticmethod
+    def remember(ratio: Value, accepted: Value, previous_ratio: Value) -> Value:
+        """The error ratio the next factor's integral part uses: an accepted step's (at least
+        1e-4; 1 if it was not finite), else the previous one; elementwise."""
+        return _where(accepted, _where(_isfinite(ratio), _clamp(ratio, low=1e-4), 1.0), previous_ratio)
+
+
+def step_towards(t: Value, h: Value, bound: Value, min_step: float = 0.0) -> Tuple[Value, Value]:
     """The step to take from ``t`` with the proposed size ``h`` towards ``bound`` (the next place
     a step must end: the last output time or a ``step_t``/``jump_t`` time), and whether it lands.
 
@@ -142,14 +202,14 @@ def step_towards(t: float, h: float, bound: float, min_step: float = 0.0) -> Tup
     three steps in all) this is most of the difference between libraries at equal work (MLP
     problem, dopri5 at 1e-6: the same 20 evaluations, error 2.5e-10 → 3.4e-11; work–precision
     data in BENCHMARKS.md).
+
+    Elementwise: with tensors (one value per sample) both results are tensors.
     """
     remaining = bound - t
-    if t + 1.01 * h >= bound:
-        return remaining, True
-    n = math.ceil(remaining / h)
-    if n <= SPREAD_STEPS and remaining / n >= min_step:
-        return remaining / n, False
-    return h, False
+    lands = t + 1.01 * h >= bound
+    n = _clamp(_ceil(remaining / _where(h > 0, h, 1.0)), low=1.0)
+    spread = (n <= SPREAD_STEPS) & (remaining / n >= min_step)
+    return _where(lands, remaining, _where(spread, remaining / n, h)), lands
 
 
 def fixed_grid(t: torch.Tensor, step_size: Optional[float]) -> torch.Tensor:

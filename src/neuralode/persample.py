@@ -33,9 +33,10 @@ from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple, cast
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from .control import SPREAD_STEPS, START_CONSTANT
+from .control import PIController, first_step, rms_norm_rows, step_towards, tolerance_scale, trial_step
 from .errors import SolverError
 from .interpolate import dense_rows, needs_end_derivative
+from .options import AdaptiveOptions, parse_adaptive
 from .rk import plan_for
 from .solution import Solution, Status
 from .tableaus import ADAPTIVE_METHODS, DEFAULT_METHOD, METHODS, ButcherTableau
@@ -98,6 +99,7 @@ def _check(func, y0, t, method, rtol, atol, options, gradient) -> Tuple[ButcherT
     unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
         raise ValueError(f"unknown option(s) {unknown} for per-sample stepping; valid options: {list(OPTIONS)}")
+    _settings(options, method)
     if isinstance(gradient, str):
         if gradient not in GRADIENTS:
             raise ValueError(f"gradient={_describe(gradient)} is not available with per-sample stepping; valid: "
@@ -111,9 +113,9 @@ def _check(func, y0, t, method, rtol, atol, options, gradient) -> Tuple[ButcherT
     return METHODS[method], t, options
 
 
-def _row_norm(x: torch.Tensor) -> torch.Tensor:
-    """RMS over each row's elements: shape ``(n,)``."""
-    return torch.linalg.vector_norm(x.reshape(x.shape[0], -1), dim=1) / math.sqrt(max(x[0].numel(), 1))
+def _settings(options: Dict[str, Any], method: str) -> AdaptiveOptions:
+    """The step-control options (validated, with the shared loop's defaults); ``compact`` is ours."""
+    return parse_adaptive({key: value for key, value in options.items() if key != "compact"}, False, method)
 
 
 def _bcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -130,19 +132,13 @@ def _combine(y: torch.Tensor, ks: List[torch.Tensor], terms, h: torch.Tensor) ->
 
 @torch.no_grad()
 def _initial_step(func, t0, y0, f0, order, rtol, atol) -> torch.Tensor:
-    """Hairer, Nørsett & Wanner's starting step (II.4) per sample, with the shared loop's constant
-    (:data:`neuralode.control.START_CONSTANT`); one evaluation of the batch."""
-    scale = y0.abs() * rtol + atol
-    d0 = _row_norm(y0 / scale)
-    d1 = _row_norm(f0 / scale)
-    small = (d0 < 1e-5) | (d1 < 1e-5)
-    h0 = torch.where(small, torch.full_like(d0, 1e-6), 0.01 * d0 / d1.clamp_min(1e-300))
+    """:func:`neuralode.control.initial_step` per sample (each row's norms, the same rules); one
+    evaluation of the batch."""
+    scale = tolerance_scale(y0, None, rtol, atol)
+    d1 = rms_norm_rows(f0 / scale)
+    h0 = trial_step(rms_norm_rows(y0 / scale), d1)
     f1 = func(t0 + h0.to(t0.dtype), y0 + _bcast(h0, y0) * f0)
-    d2 = _row_norm((f1 - f0) / scale) / h0
-    dmax = torch.maximum(d1, d2)
-    h1 = torch.where(dmax <= 1e-15, torch.clamp_min(h0 * 1e-3, 1e-6),
-                     (START_CONSTANT / dmax.clamp_min(1e-300)) ** (1.0 / (order + 1)))
-    return torch.minimum(100 * h0, h1)
+    return first_step(h0, d1, rms_norm_rows((f1 - f0) / scale) / h0, order)
 
 
 class _Step:
@@ -162,8 +158,7 @@ class _Step:
         y1 = yi if self.tab.fsal else _combine(y, ks, self.plan.solution.terms, hb)
         with torch.no_grad():
             err = _combine(torch.zeros_like(y), ks, self.plan.error.terms, hb)
-            scale = torch.maximum(y.abs(), y1.abs()) * self.rtol + self.atol
-            ratio = _row_norm(err / scale)
+            ratio = rms_norm_rows(err.div_(tolerance_scale(y, y1, self.rtol, self.atol)))
         return y1, ks, ratio
 
 
@@ -259,10 +254,8 @@ def _integrate(func: Callable, y0: torch.Tensor, t2: torch.Tensor, tab: ButcherT
     """The per-sample loop on checked arguments; returns the solution (status not raised) and
     each row's proposed next step size. With ``quadrature``, every step evaluates its first stage
     afresh (no first-same-as-last reuse) so that all its stages are recorded."""
-    safety = float(opts.get("safety", 0.9))
-    ifactor = float(opts.get("ifactor", 10.0))
-    dfactor = float(opts.get("dfactor", 0.2))
-    max_steps = int(opts.get("max_num_steps", 2**31 - 1))
+    settings = _settings(opts, tab.name)
+    max_steps = settings.max_num_steps
     compact = bool(opts.get("compact", False))
     batch, n_out = t2.shape
     device, dtype = y0.device, y0.dtype
@@ -280,8 +273,7 @@ def _integrate(func: Callable, y0: torch.Tensor, t2: torch.Tensor, tab: ButcherT
     needs_f1 = needs_end_derivative(rows, tab)
     interpolant = _Interpolant(rows, dtype, device)
     k = tab.controller_order
-    beta = 0.2 / k
-    alpha = 1.0 / k - 0.75 * beta
+    controller = PIController(k, settings.safety, settings.ifactor, settings.dfactor)  # its rules; the state is ours
     step = _Step(field, tab, float(rtol), float(atol))
 
     t_cur = ts[:, 0].clone()
@@ -294,12 +286,13 @@ def _integrate(func: Callable, y0: torch.Tensor, t2: torch.Tensor, tab: ButcherT
             raise ValueError(f"func returned shape {tuple(f0.shape)}; expected {tuple(y0.shape)} (the shape of y0)")
     if first_h is not None:
         h = first_h.to(time_dtype)
-    elif "first_step" in opts:
-        h = torch.full((batch,), float(opts["first_step"]), dtype=time_dtype, device=device)
+    elif settings.first_step is not None:
+        h = torch.full((batch,), settings.first_step, dtype=time_dtype, device=device)
     else:
         h = _initial_step(field, t_cur, y0.detach(), f0.detach(), k, float(rtol), float(atol)).to(time_dtype)
-    prev_ratio = torch.full((batch,), 1e-4, dtype=time_dtype, device=device)
-    last_rejected = torch.zeros(batch, dtype=torch.bool, device=device)
+    prev_ratio = torch.full((batch,), controller.previous_ratio, dtype=time_dtype, device=device)
+    last_rejected = torch.full((batch,), controller.last_rejected, dtype=torch.bool, device=device)
+    history = torch.full((batch,), controller.history, dtype=torch.bool, device=device)
     n_acc = torch.zeros(batch, dtype=torch.long, device=device)
     n_rej = torch.zeros(batch, dtype=torch.long, device=device)
     next_out = torch.ones(batch, dtype=torch.long, device=device)
@@ -327,12 +320,7 @@ def _integrate(func: Callable, y0: torch.Tensor, t2: torch.Tensor, tab: ButcherT
         else:
             f_a = f0 if full else f0[idx]
         done_a = t_a >= te_a
-        # as control.step_towards: land on the end within 1 %, spread the last SPREAD_STEPS evenly
-        remaining = te_a - t_a
-        lands = t_a + 1.01 * h_a >= te_a
-        n_left = torch.ceil(remaining / torch.where(h_a > 0, h_a, torch.ones_like(h_a)))
-        spread = ~lands & (n_left <= SPREAD_STEPS)
-        h_step = torch.where(lands, remaining, torch.where(spread, remaining / n_left.clamp_min(1), h_a))
+        h_step, lands = step_towards(t_a, h_a, te_a)
         h_step = torch.where(done_a, torch.zeros_like(h_step), h_step)
         if checkpointing and torch.is_grad_enabled():
             y1, ks, ratio = checkpoint(step, t_a, h_step, y_a, f_a, use_reentrant=False)
@@ -352,13 +340,7 @@ def _integrate(func: Callable, y0: torch.Tensor, t2: torch.Tensor, tab: ButcherT
         n_write = (passed - nxt).clamp_min(0)
         # controller (per row)
         r = torch.where(finite, ratio.to(time_dtype), torch.full_like(h_step, math.inf))
-        factor = safety * r.clamp_min(1e-300) ** (-alpha)
-        factor = torch.where(accept, factor * prev_ratio[sel].clamp_min(1e-4) ** beta, factor)
-        factor = factor.clamp(dfactor, ifactor)
-        factor = torch.where(r == 0, torch.full_like(factor, ifactor), factor)
-        factor = torch.where(finite, factor, torch.full_like(factor, dfactor))
-        cap = ~accept | last_rejected[sel]
-        factor = torch.where(cap, factor.clamp_max(1.0), factor)
+        factor = controller.factor(r, accept, prev_ratio[sel], last_rejected[sel], history[sel])
         h_new = torch.where(done_a, h_a, h_step * factor)  # a finished row keeps its last proposal
         active_after = t_new < te_a
         tiny = (h_step <= 8 * eps * torch.maximum(t_a.abs(), span[sel])) & ~done_a
@@ -392,11 +374,11 @@ def _integrate(func: Callable, y0: torch.Tensor, t2: torch.Tensor, tab: ButcherT
             f_new = torch.where(acc_b, ks[-1], f_a)
         n_acc_a = (accept & ~done_a).long()
         n_rej_a = (~accept).long()
-        prev_a = torch.where(accept, r.clamp_min(1e-4), prev_ratio[sel])
-        prev_a = torch.where(finite, prev_a, torch.ones_like(prev_a))
+        prev_a = controller.remember(r, accept, prev_ratio[sel])
+        history_a = history[sel] | (accept & ~done_a)
         if full:
             y, t_cur, h, next_out = y_new, t_new, h_new, passed
-            prev_ratio, last_rejected = prev_a, ~accept
+            prev_ratio, last_rejected, history = prev_a, ~accept, history_a
             n_acc, n_rej = n_acc + n_acc_a, n_rej + n_rej_a
             if quadrature is None:
                 f0 = field(t_cur, y) if f_new is None else f_new
@@ -407,6 +389,7 @@ def _integrate(func: Callable, y0: torch.Tensor, t2: torch.Tensor, tab: ButcherT
             next_out = next_out.index_copy(0, idx, passed)
             prev_ratio = prev_ratio.index_copy(0, idx, prev_a)
             last_rejected = last_rejected.index_copy(0, idx, ~accept)
+            history = history.index_copy(0, idx, history_a)
             n_acc = n_acc.index_add(0, idx, n_acc_a)
             n_rej = n_rej.index_add(0, idx, n_rej_a)
             if quadrature is None:
