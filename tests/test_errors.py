@@ -174,6 +174,17 @@ def test_blow_up_raises_solver_error_naming_the_time_reached(method):
     assert re.search(r"(?i)fixed", message), message
 
 
+def test_step_underflow_names_the_stiff_methods_with_rodas5_first():
+    # rodas5 takes the fewest evaluations at equal error on the stiff benchmarks (bench_stiff.py)
+    with pytest.raises(SolverError) as info:
+        neuralode.odeint(blow_up, torch.tensor([1.0], dtype=torch.float64), torch.tensor([0.0, 2.0], dtype=torch.float64),
+                         method="dopri5")
+    assert info.value.status == Status.STEP_UNDERFLOW
+    message = str(info.value)
+    assert re.search(r"method='rodas5'.*'kvaerno5'.*'rosenbrock23'", message), message
+    assert "adjoint_method='kvaerno5'" in message, message
+
+
 def test_non_finite_field_in_a_fixed_step_solve_raises_at_the_time_it_appears():
     def poisoned(t, y):
         return -y if t < 0.5 else y * float("nan")

@@ -25,7 +25,9 @@ class Status(enum.Enum):
         "the step size underflowed (the problem may be stiff, or the solution may blow up here).",
         "Remedies: loosen rtol/atol, set options['min_step'] (steps of that size are always accepted), "
         "or use a fixed-step method. If the problem is stiff (fast decaying modes beside slow ones), use an "
-        "implicit method: method='kvaerno5' (tight tolerances) or 'rosenbrock23' (loose ones).",
+        "implicit method: method='rodas5' (the fewest evaluations at equal error in benchmarks/bench_stiff.py), "
+        "'kvaerno5' (tight tolerances) or 'rosenbrock23' (loose ones); with adjoint gradients the Rosenbrock "
+        "methods need a Newton-based backward solve (adjoint_method='kvaerno5').",
     )
     NEWTON_FAILURE = (
         "newton_failure",
