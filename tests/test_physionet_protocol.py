@@ -278,3 +278,59 @@ def test_field_ablation_zeroes_only_a_copy_of_the_recurrent_field():
             torch.testing.assert_close(before[:, 2], h1)
     for name in ("gru_dt", "gru_decay", "latent_ode_rnn"):
         assert E._without_recurrent_field(E._Full(build_model(name, 4), ClassifierHead(20, 4))) is None
+
+
+# --------------------------------------------------------------------------- their normalisation, baseline MSE, CE
+
+
+def test_their_normalisation_divides_by_the_maximum_not_the_range():
+    """normalize_masked_data: (x - min) / max. Na at 98, 138, 177 -> 0, 40/177, 79/177 (the range
+    would give 0, 0.506, 1); their fit uses every patient."""
+    from neuralode.data.physionet import PARAMS, Normaliser, PhysioNetSet
+
+    na, hr = PARAMS.index("Na"), PARAMS.index("HR")
+    data = PhysioNetSet("a", np.array([1, 2]), np.array([0, 3, 5]), np.array([0, 60, 120, 0, 60]),
+                        np.array([na, na, hr, na, hr]), np.array([98.0, 138.0, 50.0, 177.0, 150.0], np.float32),
+                        np.zeros((2, 5), np.float32), np.zeros((2, 6), np.float32))
+    norm = Normaliser.fit(data, None, kind="max")
+    got = norm.transform(np.array([98.0, 138.0, 177.0, 50.0, 150.0], np.float32), np.array([na, na, na, hr, hr]))
+    np.testing.assert_allclose(got, [0.0, 40 / 177, 79 / 177, 0.0, 100 / 150], rtol=1e-6)
+    assert norm.mean[na] == pytest.approx((0 + 40 + 79) / 3 / 177, rel=1e-6)
+    ranged = Normaliser.fit(data, None, kind="minmax")
+    assert ranged.transform(np.array([177.0], np.float32), np.array([na]))[0] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="'minmax', 'zscore' or 'max'"):
+        Normaliser.fit(data, None, kind="range")
+
+
+def test_the_training_mean_baseline_in_their_mse_definition_by_hand():
+    """Predicting means (0.2, 0.3): per patient the channel means of (v - mean)², then the mean over
+    channels (0 for a channel never observed), then over patients."""
+    cfg = E.Config(holdout_frac=0.5, extrap_hours=24.0)
+    got = E._mean_baseline(_patients(), cfg, np.array([0.2, 0.3], np.float32))
+    # 1: ((.09 + 0) / 2 + .01) / 2 = .0275; 2: (.01 + 0) / 2 = .005;
+    # 3: ((.01 + .49) / 2 + .09) / 2 = .17; 4: (.04 + .01) / 2 = .025
+    assert got["mse_rpc"] == pytest.approx((0.0275 + 0.005 + 0.17 + 0.025) / 4)
+
+
+def test_their_cross_entropy_is_divided_by_the_number_of_z0_samples_again():
+    """compute_binary_CE_loss: BCE averaged over samples and patients, then / n_traj_samples."""
+    from neuralode.data.physionet import collate
+    from neuralode.nn.irregular import ClassifierHead, build_model
+
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(E.resolve(E.Config(protocol="rubanova")), latent=3, rec_hidden=4, units=4,
+                              static_channels=False, classifier_hidden=5, gru_units=4)
+    full = E._Full(build_model("latent_ode_odernn", 2, latent=3, rec_hidden=4, units=4, rubanova=True, gru_units=4),
+                   ClassifierHead(3, 5, 2, 0.1))
+    batch = collate(_patients())
+    keep = torch.ones(batch.mask.shape[:2] + (1,))
+    losses = {}
+    for classify in (False, True):
+        torch.manual_seed(1)
+        losses[classify], _ = E._loss(full, batch, keep, cfg, 0.0, None, classify)
+    torch.manual_seed(1)
+    mean, std, _ = full.model.encode(batch.times, batch.values, batch.mask)
+    z0 = mean + std * torch.randn(3, *mean.shape)
+    logits = full.head(z0)
+    ce = torch.nn.functional.binary_cross_entropy_with_logits(logits, batch.labels.expand(3, -1))
+    assert float(losses[True] - losses[False]) == pytest.approx(float(100.0 * ce / 3), rel=1e-4)

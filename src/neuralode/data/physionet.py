@@ -483,7 +483,11 @@ class Normaliser:
     """Per-variable affine normalisation ``(x - offset) / scale`` (37 channels).
 
     Fit with :meth:`fit` on the training patients only. ``kind="minmax"`` maps the training
-    range to [0, 1] (Rubanova et al.); ``"zscore"`` subtracts the mean, divides by the std.
+    range to [0, 1]; ``"zscore"`` subtracts the mean, divides by the std; ``"max"`` is what
+    Rubanova et al.'s released code computes (``normalize_masked_data``): ``(x - min) / max``,
+    the *maximum*, not the range (so a variable whose minimum is far from 0, such as Na,
+    98-177, lands in [0, 0.45] rather than [0, 1] and its squared errors shrink accordingly);
+    they fit it on every patient of the data set, test patients included.
     ``mean`` is each channel's training mean in normalised units (the "predict the mean"
     baseline, GRU-D's empirical mean).
     """
@@ -495,8 +499,8 @@ class Normaliser:
 
     @classmethod
     def fit(cls, data: PhysioNetSet, train_index: np.ndarray | None = None, kind: str = "minmax") -> Normaliser:
-        if kind not in ("minmax", "zscore"):
-            raise ValueError(f"kind must be 'minmax' or 'zscore', got {kind!r}")
+        if kind not in ("minmax", "zscore", "max"):
+            raise ValueError(f"kind must be 'minmax', 'zscore' or 'max', got {kind!r}")
         sub = data if train_index is None else data.subset(train_index)
         n = len(PARAMS)
         offset = np.zeros(n, dtype=np.float64)
@@ -508,6 +512,8 @@ class Normaliser:
                 continue  # never observed in training: identity, mean 0
             if kind == "minmax":
                 offset[c], spread = v.min(), v.max() - v.min()
+            elif kind == "max":
+                offset[c], spread = v.min(), v.max()
             else:
                 offset[c], spread = v.mean(), v.std()
             scale[c] = spread if spread > 0 else 1.0

@@ -78,7 +78,7 @@ class Config:
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)  # train / validation / test, by patient
     split_seed: int = 0  # the split is fixed by this seed alone (not by the run's seed)
     round_hours: float | None = 0.1  # time grid (Rubanova et al.'s default quantisation); None: exact minutes
-    normalisation: str = "minmax"  # "minmax" (Rubanova et al.) or "zscore"; training statistics only
+    normalisation: str = "minmax"  # "minmax", "zscore" (training statistics) or "max": (x - min) / max over all patients (Rubanova et al.'s code)
     epochs: int = 100
     batch_size: int = 50
     lr: float = 1e-2
@@ -108,6 +108,8 @@ class Config:
     static_channels: bool = False  # Age, Gender, Height, ICUType as 4 more channels observed at t = 0 (theirs: 41)
     classifier_layers: int = 1  # hidden layers of the mortality head (Rubanova et al.: 2 of 300)
     classifier_hidden: int = 300
+    architecture: str = "ours"  # "rubanova": their GRU unit (MLP gates, std state), decoders, z0 heads, inits, shifted outputs
+    gru_units: int = 100  # width of their GRU unit's MLPs (architecture "rubanova"; theirs: --gru-units 50)
     holdout_frac: float = 0.2  # interpolation: fraction of each patient's observation times held out
     extrap_hours: float = 24.0
     p_extrap: float = 0.5  # fraction of training batches in extrapolation mode
@@ -136,13 +138,16 @@ class Config:
 #: latents; 3 z0 samples in an IWAE bound; std 0.01; classifier two layers of 300 with loss
 #: weight 100 and no class weights; fields of 5 layers, every weight drawn N(0, 0.1²) and biases 0
 #: (their ``init_network_weights``); Euler steps of span/50 in the ODE-RNN.
-#: Their sequence models' state is the latent size (``-l 20``).
+#: Their sequence models' state is the latent size (``-l 20``). Their normalisation ``(x - min) / max``
+#: over all patients; their models (``architecture="rubanova"``, :func:`neuralode.nn.irregular.build_model`):
+#: the ODE-RNN's GRU unit with MLP gates of 50 and a std state, MLP decoders (ODE-RNN 100, RNNs 50),
+#: outputs shifted by one row with row 0 its own input, their z0 heads, N(0, 0.1²) initialisation.
 RUBANOVA: dict[str, Any] = dict(
     split=(0.8, 0.0, 0.2), round_hours=1 / 60, batch_size=50, epochs=100, optimizer="adamax", lr=1e-2,
     lr_decay=0.999, lr_floor=0.1, hidden=20, latent=20, rec_hidden=40, units=50, enc_layers=5, dec_layers=5,
     enc_max_step=1 / 50, obs_std=0.01, kl_wait=10, kl_per_epoch=True, kl_mean_over_dims=True, z0_samples=3,
     ce_weight=100.0, pos_weight=False, static_channels=True, classifier_layers=2, classifier_hidden=300,
-    holdout_frac=0.0, p_extrap=0.0, field_init_std=0.1,
+    holdout_frac=0.0, p_extrap=0.0, field_init_std=0.1, normalisation="max", architecture="rubanova", gru_units=50,
 )
 PROTOCOLS = ("ours", "rubanova")
 
@@ -189,8 +194,10 @@ def _load(config: Config, run) -> _Data:
         split = P.Split(train=np.sort(train_idx), val=np.zeros(0, dtype=np.int64), test=np.sort(test_idx))
     else:
         split = P.split_patients(data.record_id, tuple(config.split), seed=config.split_seed)
-    norm = P.Normaliser.fit(data, split.train, kind=config.normalisation)
-    static = _static_stats(data, split.train) if config.static_channels else None
+    # Rubanova et al. fit (x - min) / max on every patient (get_data_min_max(total_dataset)); ours on training only
+    fit_on = np.arange(len(data)) if config.normalisation == "max" else split.train
+    norm = P.Normaliser.fit(data, fit_on, kind=config.normalisation)
+    static = _static_stats(data, fit_on, by_max=config.normalisation == "max") if config.static_channels else None
 
     def to(idx):
         patients = P.to_patients(data.subset(idx), norm, config.round_hours)
@@ -239,14 +246,17 @@ def _batch_with_keep(patients: list, keeps: list[np.ndarray] | None):
 STATIC_CHANNELS = ("Age", "Gender", "Height", "ICUType")
 
 
-def _static_stats(data, train_idx: np.ndarray) -> np.ndarray:
-    """Min and range ``(2, 4)`` of the static descriptors over the training patients (missing: -1 or NaN)."""
+def _static_stats(data, train_idx: np.ndarray, by_max: bool = False) -> np.ndarray:
+    """Min and range ``(2, 4)`` of the static descriptors over the patients ``train_idx`` (missing: -1
+    or NaN); ``by_max``: min and max (Rubanova et al.'s ``(x - min) / max``)."""
     from neuralode.data.physionet import STATIC_NAMES
 
     cols = [STATIC_NAMES.index(n) for n in STATIC_CHANNELS]
     v = data.static[train_idx][:, cols].astype(np.float64)
     v = np.where((v == -1) | ~np.isfinite(v), np.nan, v)
     lo, hi = np.nanmin(v, 0), np.nanmax(v, 0)
+    if by_max:
+        return np.stack([lo, np.where(hi != 0, hi, 1.0)])
     return np.stack([lo, np.where(hi > lo, hi - lo, 1.0)])
 
 
@@ -299,15 +309,19 @@ def _make(name: str, config: Config, data: _Data) -> _Full:
     model = build_model(name, n_channels, hidden=config.hidden, latent=config.latent,
                         rec_hidden=config.rec_hidden, units=config.units, enc_solver=enc,
                         dec_solver=dec, time_scale=config.time_scale, enc_layers=config.enc_layers,
-                        dec_layers=config.dec_layers, field_init_std=config.field_init_std)
+                        dec_layers=config.dec_layers, field_init_std=config.field_init_std,
+                        rubanova=config.architecture == "rubanova", gru_units=config.gru_units)
     mean = torch.as_tensor(data.normaliser.mean)
     if config.static_channels:  # the static channels' training means, in normalised units
         mean = torch.cat([mean, torch.as_tensor(_static_means(data), dtype=mean.dtype)])
-    with torch.no_grad():  # start every decoder at the training means: the baseline to beat
-        model.decoder.bias.copy_(mean)
+    if config.architecture != "rubanova":  # theirs start at bias 0 (init_network_weights)
+        with torch.no_grad():  # start every decoder at the training means: the baseline to beat
+            last = [m for m in model.decoder.modules() if isinstance(m, torch.nn.Linear)][-1]
+            last.bias.copy_(mean)
     if isinstance(model, GRUDecay):
         model.set_mean(mean)
-    return _Full(model, ClassifierHead(model.state_dim, config.classifier_hidden, config.classifier_layers))
+    init = 0.1 if config.architecture == "rubanova" else None
+    return _Full(model, ClassifierHead(model.state_dim, config.classifier_hidden, config.classifier_layers, init))
 
 
 def _static_means(data: _Data) -> np.ndarray:
@@ -399,6 +413,8 @@ def _loss(full: _Full, batch, keep: torch.Tensor, config: Config, kl_coef: float
         logits, targets, nfe = full.head(out.state), labels, out.nfe
     if classify:
         ce = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight)
+        if rubanova and logits.dim() == 2:  # their compute_binary_CE_loss divides the mean by the z0 samples again
+            ce = ce / logits.shape[0]
         loss = loss + config.ce_weight * ce
     return loss, nfe
 
@@ -460,17 +476,22 @@ def _evaluate(full: _Full, patients: list, config: Config, run, *, keep_seed: in
 
 
 def _mean_baseline(patients: list, config: Config, mean: np.ndarray, keep_seed: int = 1234) -> dict[str, float]:
-    """MSE of predicting every held-out / future entry by its channel's training mean."""
+    """MSE of predicting every held-out / future entry by its channel's training mean; ``mse_rpc``:
+    every observed entry so predicted, averaged as Rubanova et al. (per patient and channel)."""
     keeps = _holdout_keep(patients, config.holdout_frac, keep_seed)
     si = ni = sx = nx = 0.0
+    rpc = []
     for p, keep in zip(patients, keeps):
         err = (p.values - mean[None]) ** 2 * p.mask
+        rpc.append(float(rubanova_mse(torch.as_tensor(p.values)[None], torch.as_tensor(mean, dtype=torch.float32),
+                                      torch.as_tensor(p.mask)[None])))
         si += float(err[~keep].sum())
         ni += float(p.mask[~keep].sum())
         late = p.times > config.extrap_hours
         sx += float(err[late].sum())
         nx += float(p.mask[late].sum())
-    return {"interp_mse": si / max(ni, 1), "extrap_mse": sx / max(nx, 1)}
+    return {"interp_mse": si / max(ni, 1), "extrap_mse": sx / max(nx, 1),
+            "mse_rpc": float(np.mean(rpc)) if rpc else float("nan")}
 
 
 # --------------------------------------------------------------------------- the experiment
@@ -484,8 +505,10 @@ def run(config: Config, run) -> dict[str, Any]:
     unknown = [m for m in config.models if m not in MODEL_NAMES]
     if unknown:
         raise ValueError(f"unknown models {unknown}; choose from {', '.join(MODEL_NAMES)}")
-    if config.normalisation not in ("minmax", "zscore"):
-        raise ValueError(f"normalisation must be 'minmax' or 'zscore', got {config.normalisation!r}")
+    if config.normalisation not in ("minmax", "zscore", "max"):
+        raise ValueError(f"normalisation must be 'minmax', 'zscore' or 'max', got {config.normalisation!r}")
+    if config.architecture not in ("ours", "rubanova"):
+        raise ValueError(f"architecture must be 'ours' or 'rubanova', got {config.architecture!r}")
     if config.optimizer not in ("adam", "adamax"):
         raise ValueError(f"optimizer must be 'adam' or 'adamax', got {config.optimizer!r}")
     if not isinstance(config.seeds, int) or config.seeds < 1:
@@ -676,6 +699,7 @@ def _headline(rows: list[dict], baseline: dict, config: Config) -> dict[str, Any
     metrics: dict[str, Any] = {
         "mean_baseline_interp_mse": baseline["interp_mse"],
         "mean_baseline_extrap_mse": baseline["extrap_mse"],
+        "mean_baseline_mse_rpc": baseline["mse_rpc"],
         "seeds": config.seeds,
     }
     summary = _aggregate(rows)
@@ -738,7 +762,8 @@ def _report(run, config, data, rows, baseline, curves, recon, nfe_curves, metric
                 "MSE x1e-3 (their def.)": f"{pub['mse_rpc'] * 1e3:.3f}" if "mse_rpc" in pub else "",
                 "extrap MSE x1e-3 (their def.)": f"{pub['extrap_mse_rpc'] * 1e3:.3f}" if "extrap_mse_rpc" in pub else "",
             })
-    table.append({"model": "predict training mean", "held-out interp MSE": f"{baseline['interp_mse']:.4f}"})
+    table.append({"model": "predict training mean", "held-out interp MSE": f"{baseline['interp_mse']:.4f}",
+                  "MSE x1e-3 (their def.)": f"{baseline['mse_rpc'] * 1e3:.3f}"})
     per_seed = [{"model": r["model"], "seed": r["seed"], "AUC": r["auc"],
                  "DeLong 95% CI": f"[{r['auc_ci_lo']:.3f}, {r['auc_ci_hi']:.3f}]",
                  "bootstrap 95% CI": f"[{r['auc_boot_lo']:.3f}, {r['auc_boot_hi']:.3f}]",
@@ -751,7 +776,8 @@ def _report(run, config, data, rows, baseline, curves, recon, nfe_curves, metric
         "",
         f"Protocol **{config.protocol}**. Patients: {len(data.train)} train / {len(data.val)} validation / "
         f"{len(data.test)} test ({n_deaths} deaths); time grid {config.round_hours:.4g} h; {config.normalisation} "
-        f"normalisation from the training split; {config.epochs} epochs, batch {config.batch_size}, {config.optimizer} "
+        f"normalisation from {'all patients' if config.normalisation == 'max' else 'the training split'}; "
+        f"{config.architecture} architecture; {config.epochs} epochs, batch {config.batch_size}, {config.optimizer} "
         f"lr {config.lr:g} x {config.lr_decay} per step (floor {config.lr_floor:g} x lr); {config.seeds} seed(s) per "
         f"model. KL weight annealed per {'epoch' if config.kl_per_epoch else 'step'} after {config.kl_wait}, "
         f"{'averaged' if config.kl_mean_over_dims else 'summed'} over the latents; {config.z0_samples} z0 sample(s); "

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -46,6 +47,8 @@ __all__ = [
     "GRUDecay",
     "LatentODE",
     "ClassifierHead",
+    "RubanovaGRUUnit",
+    "init_normal_",
     "masked_mse",
     "masked_gaussian_nll",
     "build_model",
@@ -72,6 +75,14 @@ class SolverConfig:
         from neuralode.methods import get_method
 
         return not get_method(self.method).adaptive
+
+
+class _Scan(NamedTuple):
+    before: Tensor  # (B, T, H) states before each row's update
+    after: Tensor  # (B, T, H) states after it
+    h: Tensor  # (B, H) final state
+    s: Tensor  # (B, H) final std state (Rubanova et al.'s GRU unit; 0 otherwise)
+    nfe: int
 
 
 @dataclass
@@ -158,6 +169,78 @@ def _row_observed(mask_row: Tensor) -> Tensor:
     return (mask_row.sum(-1) > 0).unsqueeze(-1)  # (B, 1)
 
 
+def init_normal_(module: nn.Module, std: float = 0.1) -> nn.Module:
+    """Every ``nn.Linear`` in ``module``: weights ``N(0, std²)``, biases 0 (Rubanova et al.'s
+    ``init_network_weights``, applied to their GRU unit, decoders, z0 heads and classifier)."""
+    for mod in module.modules():
+        if isinstance(mod, nn.Linear):
+            nn.init.normal_(mod.weight, std=std)
+            nn.init.zeros_(mod.bias)
+    return module
+
+
+def _decoder(dim: int, n_channels: int, hidden: int) -> nn.Module:
+    """``Linear(dim, C)`` for ``hidden == 0``, else ``Linear(dim, hidden) -> tanh -> Linear(hidden, C)``
+    (Rubanova et al.'s ODE-RNN and RNN decoders)."""
+    if hidden == 0:
+        return nn.Linear(dim, n_channels)
+    return nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, n_channels))
+
+
+def _shifted(decoder: nn.Module, after: Tensor, values: Tensor, mask: Tensor) -> Tensor:
+    """Rubanova et al.'s ``shift_outputs``: row ``i > 0`` predicted by ``decoder`` from the state
+    *after* row ``i - 1``'s update (not carried to ``t_i``); row 0 "predicted" by the (masked) input
+    row itself, so that it counts as error 0 in their losses and MSE."""
+    first = (values[:, :1] * mask[:, :1]).to(after.dtype)
+    return torch.cat([first, decoder(after[:, :-1])], 1)
+
+
+PREDICTIONS = ("before", "shifted")
+
+
+def _check_predict(predict: str) -> str:
+    if predict not in PREDICTIONS:
+        raise ValueError(f"predict must be one of {PREDICTIONS}, got {predict!r}")
+    return predict
+
+
+class RubanovaGRUUnit(nn.Module):
+    """The GRU update of Rubanova et al.'s released code (``GRU_unit`` in ``lib/encoder_decoder.py``).
+
+    The state is a mean ``h`` and a std ``s`` (both ``(B, H)``); the input ``x = [values * mask,
+    mask]``. Each gate and the new state come from a one-hidden-layer tanh MLP of ``units`` on
+    ``[h, s, x]`` (not the affine maps of a ``GRUCell``)::
+
+        u = sigmoid(MLP_u([h, s, x]))            r = sigmoid(MLP_r([h, s, x]))
+        n, n_s = MLP_n([h * r, s * r, x]) split in two;  n_s = |n_s|
+        h' = (1 - u) * n + u * h                  s' = |(1 - u) * n_s + u * s|
+
+    and where a patient's row has no observed entry (``mask`` all 0) the state is kept:
+    ``h' = h``, ``s' = s``. Every linear layer starts ``N(0, 0.1²)`` with zero biases, as theirs.
+    """
+
+    def __init__(self, hidden: int, input_dim: int, units: int = 100, init_std: float = 0.1):
+        super().__init__()
+        if not isinstance(units, int) or units < 1:
+            raise ValueError(f"units must be an int >= 1, got {units!r}")
+        width = 2 * hidden + input_dim
+        self.hidden = hidden
+        self.update_gate = nn.Sequential(nn.Linear(width, units), nn.Tanh(), nn.Linear(units, hidden), nn.Sigmoid())
+        self.reset_gate = nn.Sequential(nn.Linear(width, units), nn.Tanh(), nn.Linear(units, hidden), nn.Sigmoid())
+        self.new_state = nn.Sequential(nn.Linear(width, units), nn.Tanh(), nn.Linear(units, 2 * hidden))
+        init_normal_(self, init_std)
+
+    def forward(self, h: Tensor, s: Tensor, x: Tensor, mask_row: Tensor) -> tuple[Tensor, Tensor]:
+        """``h, s (B, H)``, ``x (B, I)``, ``mask_row (B, C)``: the updated ``(h, s)``."""
+        hsx = torch.cat([h, s, x], -1)
+        u, r = self.update_gate(hsx), self.reset_gate(hsx)
+        n, n_s = self.new_state(torch.cat([h * r, s * r, x], -1)).chunk(2, -1)
+        h_new = (1 - u) * n + u * h
+        s_new = (1 - u) * n_s.abs() + u * s
+        obs = _row_observed(mask_row)
+        return torch.where(obs, h_new, h), torch.where(obs, s_new, s).abs()
+
+
 class ODERNN(nn.Module):
     """ODE-RNN (Rubanova et al. 2019, Alg. 1): ODE between observations, GRU update at them.
 
@@ -172,29 +255,47 @@ class ODERNN(nn.Module):
         field_init_std: ``None`` starts the field near zero (the ODE-RNN starts as a GRU blind to
             the gaps); a std initialises every weight of the field ``N(0, std²)`` (Rubanova et al.:
             0.1), so the state moves between observations from the first step.
+        cell: ``"gru"`` (a ``GRUCell`` on ``[x * m, m]``) or ``"rubanova"`` (their
+            :class:`RubanovaGRUUnit`: MLP gates and a std state carried beside the mean; the ODE
+            moves the mean only, as theirs).
+        gru_units: width of the :class:`RubanovaGRUUnit`'s MLPs (their ``--gru-units``).
+        decoder_hidden: 0 for a linear decoder, else one tanh layer of this width (theirs: 100,
+            the ``ODE_RNN`` default that ``run_models.py`` does not override).
+        predict: ``"before"`` - row ``i`` from the state carried to ``t_i`` before its update (the
+            ODE-RNN's own one-step-ahead prediction); ``"shifted"`` - Rubanova et al.'s
+            ``shift_outputs`` (row ``i`` from the state after row ``i - 1``, row 0 = its input).
     """
 
     def __init__(self, n_channels: int, hidden: int = 50, ode_hidden: int = 50,
                  solver: SolverConfig = SolverConfig(), time_scale: float = 1 / 48, decoder: bool = True,
-                 field_layers: int = 2, field_init_std: float | None = None):
+                 field_layers: int = 2, field_init_std: float | None = None, cell: str = "gru",
+                 gru_units: int = 100, decoder_hidden: int = 0, predict: str = "before"):
         super().__init__()
+        if cell not in ("gru", "rubanova"):
+            raise ValueError(f"cell must be 'gru' or 'rubanova', got {cell!r}")
         self.hidden, self.solver, self.time_scale = hidden, solver, time_scale
         self.state_dim = hidden
+        self.cell_kind, self.predict = cell, _check_predict(predict)
         self.func = ODEFunc(hidden, ode_hidden, layers=field_layers, init_std=field_init_std)
-        self.cell = nn.GRUCell(2 * n_channels, hidden)
-        self.decoder = nn.Linear(hidden, n_channels) if decoder else None  # None: encoder use only
+        if cell == "gru":
+            self.cell: nn.Module = nn.GRUCell(2 * n_channels, hidden)
+        else:
+            self.cell = RubanovaGRUUnit(hidden, 2 * n_channels, gru_units)
+        self.decoder = _decoder(hidden, n_channels, decoder_hidden) if decoder else None  # None: encoder use only
+        if decoder and cell == "rubanova":
+            init_normal_(self.decoder)
 
-    def run(self, times: Tensor, values: Tensor, mask: Tensor, reverse: bool = False) -> tuple[Tensor, Tensor, int]:
-        """Hidden states before each row's update (B, T, H), the final state, and NFE.
-
-        ``reverse=True`` walks the rows from last to first (the latent ODE's encoder) and, at the
-        end, evolves the state back to time 0.
-        """
+    def scan(self, times: Tensor, values: Tensor, mask: Tensor, reverse: bool = False) -> _Scan:
+        """Walk the rows (last to first if ``reverse``, then evolve back to time 0): the states
+        before and after each row's update (B, T, H, in time order), the final mean and std (the
+        std stays 0 for ``cell="gru"``), and the NFE."""
         B, T, _ = values.shape
         h = values.new_zeros(B, self.hidden)
+        s = values.new_zeros(B, self.hidden)
         order = range(T - 1, -1, -1) if reverse else range(T)
         tl = (times * self.time_scale).tolist()
         before: list[Tensor] = []
+        after: list[Tensor] = []
         nfe, prev = 0, None
         for i in order:
             if prev is not None:
@@ -202,33 +303,62 @@ class ODERNN(nn.Module):
                 nfe += n
             before.append(h)
             m = mask[:, i]
-            h = torch.where(_row_observed(m), self.cell(torch.cat([values[:, i] * m, m], -1), h), h)
+            x = torch.cat([values[:, i] * m, m], -1)
+            if self.cell_kind == "gru":
+                h = torch.where(_row_observed(m), self.cell(x, h), h)
+            else:
+                h, s = self.cell(h, s, x, m)
+            after.append(h)
             prev = i
         if reverse:
             before.reverse()
+            after.reverse()
             h, n = _evolve(self.func, h, tl[0], self.solver)  # back to t = 0
             nfe += n
-        return torch.stack(before, 1), h, nfe
+        return _Scan(torch.stack(before, 1), torch.stack(after, 1), h, s, nfe)
+
+    def run(self, times: Tensor, values: Tensor, mask: Tensor, reverse: bool = False) -> tuple[Tensor, Tensor, int]:
+        """Hidden states before each row's update (B, T, H), the final state, and NFE.
+
+        ``reverse=True`` walks the rows from last to first (the latent ODE's encoder) and, at the
+        end, evolves the state back to time 0.
+        """
+        sc = self.scan(times, values, mask, reverse)
+        return sc.before, sc.h, sc.nfe
 
     def forward(self, times: Tensor, values: Tensor, mask: Tensor) -> ModelOutput:
-        before, h, nfe = self.run(times, values, mask)
-        return ModelOutput(self.decoder(before), h, values.new_zeros(values.shape[0]), nfe)
+        sc = self.scan(times, values, mask)
+        zero = values.new_zeros(values.shape[0])
+        if self.predict == "shifted":
+            return ModelOutput(_shifted(self.decoder, sc.after, values, mask), sc.h, zero, sc.nfe)
+        return ModelOutput(self.decoder(sc.before), sc.h, zero, sc.nfe)
 
 
 class GRUDelta(nn.Module):
     """RNN-Δt: a GRU that reads ``[x * m, m, Δt]``, Δt = time since the patient's last update.
 
-    The prediction of a row is ``Linear([h, Δt])``: the state before the row plus the gap.
+    ``predict="before"``: the prediction of a row is ``decoder([h, Δt])``, the state before the row
+    plus the gap. ``predict="shifted"``: Rubanova et al.'s ``Classic_RNN`` output - row ``i`` is
+    ``decoder(h)`` of the state after row ``i - 1``, row 0 its own input (see :class:`ODERNN`).
+    ``decoder_hidden``: 0 linear, else one tanh layer (theirs: ``--units``, 50).
     """
 
-    def __init__(self, n_channels: int, hidden: int = 50, time_scale: float = 1 / 48, decoder: bool = True):
+    def __init__(self, n_channels: int, hidden: int = 50, time_scale: float = 1 / 48, decoder: bool = True,
+                 decoder_hidden: int = 0, predict: str = "before"):
         super().__init__()
         self.hidden, self.time_scale = hidden, time_scale
         self.state_dim = hidden
+        self.predict = _check_predict(predict)
         self.cell = nn.GRUCell(2 * n_channels + 1, hidden)
-        self.decoder = nn.Linear(hidden + 1, n_channels) if decoder else None  # None: encoder use only
+        extra = 1 if self.predict == "before" else 0  # the "before" decoder also reads the gap
+        self.decoder = _decoder(hidden + extra, n_channels, decoder_hidden) if decoder else None
+        if decoder and self.predict == "shifted":
+            init_normal_(self.decoder)
 
-    def run(self, times: Tensor, values: Tensor, mask: Tensor, reverse: bool = False) -> tuple[Tensor, Tensor]:
+    def run(self, times: Tensor, values: Tensor, mask: Tensor, reverse: bool = False,
+            afters: list[Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        """``[h, Δt]`` before each row (B, T, H + 1) and the final state; the states after each
+        row's update are appended to ``afters`` when given (forward order only)."""
         B, T, _ = values.shape
         h = values.new_zeros(B, self.hidden)
         ts = times * self.time_scale
@@ -242,13 +372,20 @@ class GRUDelta(nn.Module):
             obs = _row_observed(m)
             h = torch.where(obs, self.cell(torch.cat([values[:, i] * m, m, dt], -1), h), h)
             last = torch.where(obs, ts[i].expand(B, 1), last)
+            if afters is not None:
+                afters.append(h)
         if reverse:
             feats.reverse()
         return torch.stack(feats, 1), h
 
     def forward(self, times: Tensor, values: Tensor, mask: Tensor) -> ModelOutput:
+        zero = values.new_zeros(values.shape[0])
+        if self.predict == "shifted":
+            afters: list[Tensor] = []
+            _, h = self.run(times, values, mask, afters=afters)
+            return ModelOutput(_shifted(self.decoder, torch.stack(afters, 1), values, mask), h, zero, 0)
         feats, h = self.run(times, values, mask)
-        return ModelOutput(self.decoder(feats), h, values.new_zeros(values.shape[0]), 0)
+        return ModelOutput(self.decoder(feats), h, zero, 0)
 
 
 class GRUDecay(nn.Module):
@@ -259,17 +396,22 @@ class GRUDecay(nn.Module):
     as ``h <- exp(-relu(W δ + b)) * h`` and a missing input is imputed as
     ``γ x_last + (1 - γ) x_mean`` with ``γ = exp(-relu(w δ + b))`` per channel. The GRU reads
     ``[x_hat, m]``. ``x_mean`` is a buffer: the training means (set by :meth:`set_mean`).
+    ``predict`` and ``decoder_hidden`` as :class:`ODERNN`'s (``"before"``: from the decayed state).
     """
 
-    def __init__(self, n_channels: int, hidden: int = 50, time_scale: float = 1 / 48):
+    def __init__(self, n_channels: int, hidden: int = 50, time_scale: float = 1 / 48, decoder_hidden: int = 0,
+                 predict: str = "before"):
         super().__init__()
         self.hidden, self.time_scale = hidden, time_scale
         self.state_dim = hidden
+        self.predict = _check_predict(predict)
         self.decay_h = nn.Linear(n_channels, hidden)
         self.decay_x_w = nn.Parameter(torch.zeros(n_channels))
         self.decay_x_b = nn.Parameter(torch.zeros(n_channels))
         self.cell = nn.GRUCell(2 * n_channels, hidden)
-        self.decoder = nn.Linear(hidden, n_channels)
+        self.decoder = _decoder(hidden, n_channels, decoder_hidden)
+        if self.predict == "shifted":
+            init_normal_(self.decoder)
         self.register_buffer("x_mean", torch.zeros(n_channels))
 
     def set_mean(self, mean: Tensor) -> None:
@@ -282,6 +424,7 @@ class GRUDecay(nn.Module):
         x_last = self.x_mean.expand(B, C)
         t_last = ts[0].expand(B, C)
         before: list[Tensor] = []
+        after: list[Tensor] = []
         for i in range(T):
             delta = ts[i] - t_last
             h_dec = torch.exp(-torch.relu(self.decay_h(delta))) * h
@@ -290,8 +433,11 @@ class GRUDecay(nn.Module):
             gx = torch.exp(-torch.relu(self.decay_x_w * delta + self.decay_x_b))
             x_hat = m * values[:, i] + (1 - m) * (gx * x_last + (1 - gx) * self.x_mean)
             h = torch.where(_row_observed(m), self.cell(torch.cat([x_hat, m], -1), h_dec), h)
+            after.append(h)
             x_last = torch.where(m > 0, values[:, i], x_last)
             t_last = torch.where(m > 0, ts[i].expand(B, C), t_last)
+        if self.predict == "shifted":
+            return ModelOutput(_shifted(self.decoder, torch.stack(after, 1), values, mask), h, values.new_zeros(B), 0)
         return ModelOutput(self.decoder(torch.stack(before, 1)), h, values.new_zeros(B), 0)
 
 
@@ -309,6 +455,12 @@ class LatentODE(nn.Module):
         enc_layers / dec_layers: linear layers of the encoder's and the latent ODE's fields
             (Rubanova et al.'s ``--rec-layers 3 --gen-layers 3``: 5 each).
         field_init_std: as :class:`ODERNN`'s, for the encoder's and the latent ODE's fields.
+        heads: ``"ours"`` - a ``GRUCell`` encoder and ``z0 = Linear-tanh-Linear(h)`` with a softplus
+            std; ``"rubanova"`` - their released code's: the ODE-RNN encoder updates with
+            :class:`RubanovaGRUUnit` (``gru_units``) and ``transform_z0`` reads its mean and std
+            (``Linear(2 rec, 100) - tanh - Linear(100, 2 L)``), the RNN encoder's
+            ``hiddens_to_z0`` is ``Linear(rec, 50) - tanh - Linear(50, 2 L)``, the std is
+            ``|.|``, and these heads and the linear decoder start ``N(0, 0.1²)``.
 
     ``state`` is the posterior mean of z0 (input of the classifier). Training samples z0
     (reparameterised); evaluation uses the mean.
@@ -317,21 +469,34 @@ class LatentODE(nn.Module):
     def __init__(self, n_channels: int, encoder: str = "odernn", latent: int = 20, rec_hidden: int = 40,
                  units: int = 50, enc_solver: SolverConfig = SolverConfig(),
                  dec_solver: SolverConfig = SolverConfig("dopri5"), time_scale: float = 1 / 48,
-                 enc_layers: int = 2, dec_layers: int = 3, field_init_std: float | None = None):
+                 enc_layers: int = 2, dec_layers: int = 3, field_init_std: float | None = None,
+                 heads: str = "ours", gru_units: int = 100):
         super().__init__()
         if encoder not in ("odernn", "rnn"):
             raise ValueError(f"encoder must be 'odernn' or 'rnn', got {encoder!r}")
-        self.encoder_kind, self.latent, self.time_scale = encoder, latent, time_scale
+        if heads not in ("ours", "rubanova"):
+            raise ValueError(f"heads must be 'ours' or 'rubanova', got {heads!r}")
+        self.encoder_kind, self.latent, self.time_scale, self.heads = encoder, latent, time_scale, heads
         self.state_dim = latent
+        rub = heads == "rubanova"
         if encoder == "odernn":
             self.encoder: nn.Module = ODERNN(n_channels, rec_hidden, units, enc_solver, time_scale, decoder=False,
-                                             field_layers=enc_layers, field_init_std=field_init_std)
+                                             field_layers=enc_layers, field_init_std=field_init_std,
+                                             cell="rubanova" if rub else "gru", gru_units=gru_units)
         else:
             self.encoder = GRUDelta(n_channels, rec_hidden, time_scale, decoder=False)
-        self.to_z0 = nn.Sequential(nn.Linear(rec_hidden, units), nn.Tanh(), nn.Linear(units, 2 * latent))
+        if not rub:
+            self.to_z0 = nn.Sequential(nn.Linear(rec_hidden, units), nn.Tanh(), nn.Linear(units, 2 * latent))
+        elif encoder == "odernn":
+            self.to_z0 = init_normal_(nn.Sequential(nn.Linear(2 * rec_hidden, 100), nn.Tanh(),
+                                                    nn.Linear(100, 2 * latent)))
+        else:
+            self.to_z0 = init_normal_(nn.Sequential(nn.Linear(rec_hidden, 50), nn.Tanh(), nn.Linear(50, 2 * latent)))
         self.func = ODEFunc(latent, units, layers=dec_layers, init_std=field_init_std)
         self.dec_solver = dec_solver
         self.decoder = nn.Linear(latent, n_channels)
+        if rub:
+            init_normal_(self.decoder)
 
     def encode(self, times: Tensor, values: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, int]:
         """Posterior mean and std of z0 from the rows up to the last observed one."""
@@ -339,11 +504,14 @@ class LatentODE(nn.Module):
         last = int(rows[-1]) + 1 if len(rows) else 1
         times, values, mask = times[:last], values[:, :last], mask[:, :last]
         if self.encoder_kind == "odernn":
-            _, h, nfe = self.encoder.run(times, values, mask, reverse=True)
+            sc = self.encoder.scan(times, values, mask, reverse=True)
+            h, nfe = (torch.cat([sc.h, sc.s], -1) if self.heads == "rubanova" else sc.h), sc.nfe
         else:
             _, h = self.encoder.run(times, values, mask, reverse=True)
             nfe = 0
         mean, raw_std = self.to_z0(h).chunk(2, -1)
+        if self.heads == "rubanova":  # theirs: |.| (floored here so that the KL's log std stays finite)
+            return mean, raw_std.abs().clamp_min(1e-6), nfe
         return mean, nn.functional.softplus(raw_std) + 1e-4, nfe
 
     def decode(self, z0: Tensor, times: Tensor) -> tuple[Tensor, int]:
@@ -370,9 +538,10 @@ class LatentODE(nn.Module):
 
 class ClassifierHead(nn.Module):
     """Logit of a binary outcome from a final state: ``layers`` hidden ReLU layers of ``hidden``
-    units, then ``Linear -> 1`` (Rubanova et al.: two of 300)."""
+    units, then ``Linear -> 1`` (Rubanova et al.: two of 300, every weight ``N(0, 0.1²)`` and
+    biases 0 - ``init_std=0.1``; ``None``: PyTorch's default initialisation)."""
 
-    def __init__(self, dim: int, hidden: int = 300, layers: int = 1):
+    def __init__(self, dim: int, hidden: int = 300, layers: int = 1, init_std: float | None = None):
         super().__init__()
         if not isinstance(layers, int) or layers < 1:
             raise ValueError(f"layers must be an int >= 1, got {layers!r}")
@@ -382,6 +551,8 @@ class ClassifierHead(nn.Module):
             mods += [nn.Linear(width, hidden), nn.ReLU()]
             width = hidden
         self.net = nn.Sequential(*mods, nn.Linear(width, 1))
+        if init_std is not None:
+            init_normal_(self.net, init_std)
 
     def forward(self, state: Tensor) -> Tensor:
         return self.net(state).squeeze(-1)
@@ -409,18 +580,28 @@ MODEL_NAMES = ("gru_dt", "gru_decay", "ode_rnn", "latent_ode_rnn", "latent_ode_o
 def build_model(name: str, n_channels: int, *, hidden: int = 50, latent: int = 20, rec_hidden: int = 40,
                 units: int = 50, enc_solver: SolverConfig = SolverConfig(),
                 dec_solver: SolverConfig = SolverConfig("dopri5"), time_scale: float = 1 / 48,
-                enc_layers: int = 2, dec_layers: int = 3, field_init_std: float | None = None) -> nn.Module:
+                enc_layers: int = 2, dec_layers: int = 3, field_init_std: float | None = None,
+                rubanova: bool = False, gru_units: int = 100) -> nn.Module:
     """One of :data:`MODEL_NAMES` with its sizes (``enc_layers``: the ODE-RNN's field, also as an
-    encoder; ``dec_layers``: the latent ODE's field; ``field_init_std``: their initialisation)."""
+    encoder; ``dec_layers``: the latent ODE's field; ``field_init_std``: their initialisation).
+
+    ``rubanova=True`` builds the model as Rubanova et al.'s released code does
+    (``run_models.py``): the ODE-RNN with their :class:`RubanovaGRUUnit` (``gru_units``) and a
+    decoder with one tanh layer of 100; the RNN baselines with a decoder with one tanh layer of
+    ``units``; all three predicting ``"shifted"`` (their ``shift_outputs``); the latent ODEs with
+    their z0 heads (``heads="rubanova"``)."""
+    seq = dict(predict="shifted", decoder_hidden=units) if rubanova else {}
     if name == "gru_dt":
-        return GRUDelta(n_channels, hidden, time_scale)
+        return GRUDelta(n_channels, hidden, time_scale, **seq)
     if name == "gru_decay":
-        return GRUDecay(n_channels, hidden, time_scale)
+        return GRUDecay(n_channels, hidden, time_scale, **seq)
     if name == "ode_rnn":
+        ode = dict(cell="rubanova", gru_units=gru_units, decoder_hidden=100, predict="shifted") if rubanova else {}
         return ODERNN(n_channels, hidden, units, enc_solver, time_scale, field_layers=enc_layers,
-                      field_init_std=field_init_std)
+                      field_init_std=field_init_std, **ode)
     if name in ("latent_ode_rnn", "latent_ode_odernn"):
         return LatentODE(n_channels, "rnn" if name == "latent_ode_rnn" else "odernn", latent, rec_hidden, units,
                          enc_solver, dec_solver, time_scale, enc_layers=enc_layers, dec_layers=dec_layers,
-                         field_init_std=field_init_std)
+                         field_init_std=field_init_std, heads="rubanova" if rubanova else "ours",
+                         gru_units=gru_units)
     raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
