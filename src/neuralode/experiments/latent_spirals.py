@@ -85,6 +85,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from neuralode.experiments.config import setting
 from neuralode.experiments.registry import register
 
 MODEL_LABELS = {"latent_ode": "Latent ODE", "rnn_paper": "RNN (Chen et al.'s baseline: tanh RNN 25, Δt input)",
@@ -107,7 +108,9 @@ class Config:
     clockwise_shape: str = "archimedean"  # mirror image of the counter-clockwise family; "torchdiffeq": r = 50 b / θ
     data_seed: int = 0  # data and train/test split depend on this seed alone
     test_frac: float = 0.2
-    test_windows: str = "covered"  # test windows start in [W, n_total - 3W] (coverage); "all": [W, n_total - 2W] as training
+    test_windows: str = setting("covered", choices=("covered", "all"),
+                                help="covered: test windows start in [W, n_total - 3W], their extrapolations on grid "
+                                "points the training observation windows cover; all: [W, n_total - 2W] as training")
     # models
     models: tuple[str, ...] = ("latent_ode", "rnn_paper", "rnn")
     latent_dim: int = 4
