@@ -172,6 +172,23 @@ def test_adjoint_agrees_with_direct_on_a_stiff_neural_field(gradient):
     assert float((adjoint - direct).norm() / direct.norm()) < 2e-6
 
 
+def test_a_stiff_interpolating_adjoint_solve_reports_its_backward_newton_work():
+    field = StiffModule()
+    y0 = torch.tensor([0.3, 0.8], dtype=torch.float64, requires_grad=True)
+    sol = solve(field, y0, T, method="kvaerno5", rtol=1e-6, atol=1e-6, gradient=Adjoint(interpolate=True))
+    forward = dict(sol.stats.as_dict())
+    assert forward["n_newton_iters"] > 0 and forward["n_newton_iters_backward"] == 0
+    sol.ys.sum().backward()
+    s = sol.stats
+    backward_steps = s.n_accepted_backward + s.n_rejected_backward
+    assert backward_steps > 0
+    # every backward step solves its implicit stages by Newton's method: at least one iteration per step
+    assert s.n_newton_iters_backward >= backward_steps
+    assert 1 <= s.n_jacobians_backward <= s.n_factorizations_backward <= s.n_newton_iters_backward
+    assert {k: v for k, v in s.as_dict().items() if "backward" not in k} == \
+        {k: v for k, v in forward.items() if "backward" not in k}  # the forward counts are left alone
+
+
 @pytest.mark.slow
 def test_backsolve_is_wrong_on_a_stiff_field_where_interpolation_is_right():
     # Backsolve integrates y backwards, where the field's fast decaying modes grow as fast: with

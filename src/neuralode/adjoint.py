@@ -518,6 +518,9 @@ class _BackwardSolver:
         self.stats.nfe_backward += s.nfe
         self.stats.n_accepted_backward += s.n_accepted
         self.stats.n_rejected_backward += s.n_rejected
+        self.stats.n_newton_iters_backward += s.n_newton_iters
+        self.stats.n_jacobians_backward += s.n_jacobians
+        self.stats.n_factorizations_backward += s.n_factorizations
         if not solution.success:
             self._raise(solution.status, solution.t_reached)
         end: torch.Tensor = solution.ys[-1]

@@ -66,6 +66,9 @@ class SolveStats:
     n_newton_iters: int = 0  # implicit methods: Newton iterations, Jacobian evaluations, LU factorisations
     n_jacobians: int = 0
     n_factorizations: int = 0
+    n_newton_iters_backward: int = 0  # the same counts of an adjoint's backward solve
+    n_jacobians_backward: int = 0
+    n_factorizations_backward: int = 0
 
     @property
     def n_steps(self) -> int:
@@ -84,6 +87,9 @@ class SolveStats:
             "n_newton_iters": self.n_newton_iters,
             "n_jacobians": self.n_jacobians,
             "n_factorizations": self.n_factorizations,
+            "n_newton_iters_backward": self.n_newton_iters_backward,
+            "n_jacobians_backward": self.n_jacobians_backward,
+            "n_factorizations_backward": self.n_factorizations_backward,
         }
 
 
