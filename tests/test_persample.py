@@ -110,6 +110,11 @@ def test_bad_arguments_name_the_argument():
         solve_per_sample(f, y0, torch.tensor([0.0, 1.0], dtype=torch.float64), method="rk4")
     with pytest.raises(ValueError, match=r"unknown option\(s\) \['step_size'\]"):
         solve_per_sample(f, y0, torch.tensor([0.0, 1.0], dtype=torch.float64), options={"step_size": 0.1})
+    # option values are checked as the shared loop checks them
+    with pytest.raises(ValueError, match=r"options\['safety'\] must be <= 1.0; got 1.5"):
+        solve_per_sample(f, y0, torch.tensor([0.0, 1.0], dtype=torch.float64), options={"safety": 1.5})
+    with pytest.raises(ValueError, match=r"options\['max_num_steps'\] must be an integer >= 1"):
+        solve_per_sample(f, y0, torch.tensor([0.0, 1.0], dtype=torch.float64), options={"max_num_steps": 0})
 
 
 def test_failure_is_reported_with_the_time_reached():
@@ -225,6 +230,8 @@ def test_adjoint_bad_arguments_name_the_argument():
         solve_per_sample(f, y0, t, gradient="adjoint")
     with pytest.raises(ValueError, match=r"unknown adjoint option\(s\) \['norm'\]"):
         solve_per_sample(f, y0, t, gradient=Adjoint(params=(), options={"norm": "seminorm"}))
+    with pytest.raises(ValueError, match=r"options\['ifactor'\] must be >= 1.0; got 0.5"):
+        solve_per_sample(f, y0, t, gradient=Adjoint(params=(), options={"ifactor": 0.5}))
     with pytest.raises(ValueError, match="adjoint's method must be an adaptive"):
         solve_per_sample(f, y0, t, gradient=Adjoint(params=(), method="rk4"))
     with pytest.raises(TypeError, match="gradient must be one of"):

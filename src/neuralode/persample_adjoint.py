@@ -29,7 +29,7 @@ from torch import nn
 
 from .adjoint import Adjoint, _module_parameters
 from .errors import SolverError
-from .persample import OPTIONS, PerSampleSolution, _bcast, _describe, _finish, _integrate
+from .persample import OPTIONS, PerSampleSolution, _bcast, _describe, _finish, _integrate, _settings
 from .rk import plan_for
 from .solution import SolveStats, Status
 from .tableaus import ADAPTIVE_METHODS, METHODS, ButcherTableau
@@ -214,6 +214,7 @@ def _backward_settings(strategy: Adjoint, tab: ButcherTableau, rtol: float, atol
             raise ValueError(f"unknown adjoint option(s) {unknown} for per-sample stepping; valid: {list(OPTIONS)} "
                              f"(the parameter gradients never enter the error norm here, so 'norm' is not needed)")
         back_opts.update(strategy.options)
+    _settings(back_opts, back_tab.name)  # bad values fail here, not in the backward pass
     return back_tab, tols[0], tols[1], back_opts
 
 
