@@ -3,6 +3,7 @@
 Run from the repository root (one process, one thread):
 
     .venv/bin/python benchmarks/bench_odeint.py [--repeats 7] [--quick]
+    .venv/bin/python benchmarks/bench_odeint.py --equal-error   # problem (a) at 17 tolerances: NFE and error
 
 Problems (float32, autograd on and parameters requiring grad, as in training; forward only):
   (a) "mlp64-dopri5": field 2 -> 64 -> 64 -> 2 with tanh, batch 512, dopri5 at rtol = atol = 1e-5,
@@ -237,11 +238,44 @@ def report(problems: list[Problem], repeats: int) -> list[tuple[str, bool, str]]
     return checks
 
 
+def equal_error(problem: Problem, peers: dict) -> None:
+    """Problem (a) at rtol = atol = 10^(-3 - k/4), k = 0 … 16: every solver's NFE and relative L2
+    error at t1 against the float64 reference, so the NFE at the problem's tolerance can be read
+    against the peers' NFE at equal error (not only at equal tolerance)."""
+    y_ref = reference(problem)
+    tols = [10 ** (-3 - k / 4) for k in range(17)]
+    rows: dict[str, list[str]] = {}
+    for tol in tols:
+        p = copy.copy(problem)
+        p.rtol = p.atol = tol
+        runners: dict[str, Optional[Callable]] = {"neuralode": runner_neuralode(p)}
+        if peers.get("torchdiffeq") is not None:
+            runners["torchdiffeq"] = runner_torchdiffeq(p, peers["torchdiffeq"])
+        if peers.get("torchode") is not None:
+            runners["torchode"] = runner_torchode(p, peers["torchode"])
+        if peers.get("torchdyn") is not None:
+            runners["torchdyn"] = runner_torchdyn(p, peers["torchdyn"])
+        for name, run in runners.items():
+            if run is None:
+                continue
+            counter = Counting(p.field)
+            with torch.no_grad():
+                y1 = run(counter)
+            err = float((y1.detach().double() - y_ref).norm() / y_ref.norm())
+            rows.setdefault(name, []).append(f"{counter.calls:3d} {err:8.2e}")
+    print(f"\n## {problem.name}: NFE and relative L2 error at t1 vs rtol = atol")
+    print(f"{'tol':>8s}  " + "  ".join(f"{name:>14s}" for name in rows))
+    for i, tol in enumerate(tols):
+        print(f"{tol:8.1e}  " + "  ".join(f"{rows[name][i]:>14s}" for name in rows))
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=7, help="timed repeats per solver (median reported)")
     parser.add_argument("--quick", action="store_true", help="3 repeats, for a smoke test")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--equal-error", action="store_true", help="only problem (a)'s tolerance sweep: NFE and "
+                                                                      "error of every solver (no timing)")
     args = parser.parse_args(argv)
     setup(threads=args.threads)
     repeats = 3 if args.quick else args.repeats
@@ -257,6 +291,9 @@ def main(argv=None) -> int:
             print(f"note: torchdyn.core not importable ({type(exc).__name__}: {exc}); skipping it")
 
     problems = make_problems(args.quick)
+    if args.equal_error:
+        equal_error(problems[0], peers)
+        return 0
     for p in problems:
         bench(p, peers, repeats)
     report(problems, repeats)
