@@ -17,7 +17,22 @@ Per model, one training run with a joint objective (as Rubanova et al. train wit
 
 ``--set protocol=rubanova`` replaces this objective and setting by those of Rubanova et al.'s
 released code (:data:`RUBANOVA`, :mod:`neuralode.experiments._physionet_protocol`) in every field
-left at its default; ``--set seeds=N`` trains every model from N seeds and reports mean ± std.
+left at its default - their normalisation ``(x - min) / max`` over all patients, and their models
+(``architecture="rubanova"``: the ODE-RNN's GRU unit with MLP gates and a std state, MLP decoders,
+outputs shifted by one row as their ``shift_outputs``, their z0 heads and initialisation); ``--set
+seeds=N`` trains every model from N seeds and reports mean ± std.
+
+Checked against their code and kept different (documented, not replicated): their forward ODE-RNN
+(``run_odernn(..., run_backwards=False)``) carries the state before row ``i >= 2`` by minus the
+*previous* gap ``t_{i-1} - t_{i-2}`` and before row 1 by one Euler step over the whole window (its
+``prev_t, t_i`` update is written for the backward pass) - ours carries it forward over the gap
+that precedes the row; their RNN encoder (a ``torch.nn.GRU``) updates at every row of the batch's
+union grid, observed or not - ours keeps the state where the patient has no observation; their
+RNN-Δt reads the gap to the *next* row; their GRU-D is ``GRUCellExpDecay`` with inputs decayed
+toward the per-patient mean of the zero-filled series - ours is Che et al.'s; they store missing
+static descriptors (-1) as observed values - ours leaves them unobserved; they compute the test
+AUC and MSE over 3 z0 samples - ours from the posterior mean; they normalise time per batch by its
+last time - ours by 48 h.
 
 Evaluation on the held-out test patients (never seen in training or normalisation):
 
@@ -509,6 +524,8 @@ def run(config: Config, run) -> dict[str, Any]:
         raise ValueError(f"normalisation must be 'minmax', 'zscore' or 'max', got {config.normalisation!r}")
     if config.architecture not in ("ours", "rubanova"):
         raise ValueError(f"architecture must be 'ours' or 'rubanova', got {config.architecture!r}")
+    if not isinstance(config.gru_units, int) or config.gru_units < 1:
+        raise ValueError(f"gru_units must be an int >= 1, got {config.gru_units!r}")
     if config.optimizer not in ("adam", "adamax"):
         raise ValueError(f"optimizer must be 'adam' or 'adamax', got {config.optimizer!r}")
     if not isinstance(config.seeds, int) or config.seeds < 1:
