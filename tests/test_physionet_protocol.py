@@ -310,6 +310,9 @@ def test_the_training_mean_baseline_in_their_mse_definition_by_hand():
     # 1: ((.09 + 0) / 2 + .01) / 2 = .0275; 2: (.01 + 0) / 2 = .005;
     # 3: ((.01 + .49) / 2 + .09) / 2 = .17; 4: (.04 + .01) / 2 = .025
     assert got["mse_rpc"] == pytest.approx((0.0275 + 0.005 + 0.17 + 0.025) / 4)
+    # each patient's first row given (their shift_outputs), its errors 0:
+    # 1: ((0 + 0) / 2 + .01) / 2 = .005; 2: 0; 3: ((0 + .49) / 2 + .09) / 2 = .1675; 4: (0 + .01) / 2 = .005
+    assert got["mse_rpc_row0"] == pytest.approx((0.005 + 0.0 + 0.1675 + 0.005) / 4)
 
 
 def test_their_cross_entropy_is_divided_by_the_number_of_z0_samples_again():
