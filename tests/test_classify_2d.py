@@ -81,6 +81,40 @@ def test_anode_starts_from_zero_augmented_dims():
     assert torch.equal(traj[0, :, 2:], torch.zeros(8, 5))
 
 
+def test_time_dependent_field_sees_the_time_and_the_autonomous_one_does_not():
+    z = torch.randn(6, 2)
+    field = E.MLPField(2, 16, time_dependent=True)
+    assert field.net[0].in_features == 3  # Dupont et al.'s ODEFunc: t concatenated to the input
+    assert not torch.allclose(field(torch.tensor(0.0), z), field(torch.tensor(1.0), z))
+    auto = E.MLPField(2, 16)
+    torch.testing.assert_close(auto(torch.tensor(0.0), z), auto(torch.tensor(1.0), z))
+    assert E.count_params(E.make_model("node", E.Config(time_dependent=True))) == 1221 + 32
+
+
+def test_nfe_metrics_are_epoch_means_and_the_headline_compares_training_means():
+    from neuralode.report.headlines import evaluate
+
+    config = E.Config(datasets=("annuli",), models=("node", "anode"), n_train=128, batch_size=64)  # 2 steps/epoch
+    assert E.epoch_steps(config) == 2
+    nfe = {"node": [14, 20, 20, 26, 32, 32], "anode": [14, 20, 20, 20, 20, 26]}
+    done = {f"{m}_annuli": {"accuracy": 1.0, "history": {"nfe": nfe[m]}} for m in nfe}
+    models = {f"{m}_annuli": E.make_model(m, config) for m in nfe}
+    m = E._headline(config, done, models)
+    assert m["nfe_first_node_annuli"] == 17 and m["nfe_node_annuli"] == 32  # first and last epoch
+    assert m["nfe_anode_annuli"] == 23 and m["nfe_train_anode_annuli"] == 20
+    verdicts = {h.key: (v, verdict.status) for h, v, verdict in evaluate("classify-2d", m)}
+    value, status = verdicts["nfe_ratio_node_anode_annuli"]
+    assert value == 24 / 20 and status == "met"  # training means, not the last epoch's 32 / 23
+    assert verdicts["nfe_growth_node_annuli"][0] == 32 / 17
+
+
+def test_unknown_loss_is_rejected_with_the_accepted_ones(tmp_path):
+    config = E.Config.quick()
+    config.loss = "hinge"
+    with pytest.raises(ValueError, match="loss must be one of 'huber', 'mse', 'bce', got 'hinge'"):
+        E.run(config, Run(tmp_path))
+
+
 def test_unknown_model_or_data_set_is_rejected_before_training(tmp_path):
     config = E.Config.quick()
     config.models = ("node", "transformer")
@@ -116,7 +150,7 @@ def test_quick_experiment_node_beats_95_percent_on_moons_and_writes_the_report(t
 @pytest.mark.slow
 def test_killed_and_resumed_run_ends_with_the_uninterrupted_parameters(tmp_path, monkeypatch):
     config = E.Config(datasets=("moons",), models=("node", "resnet"), n_train=200, n_test=100, steps=12,
-                      eval_every=6, checkpoint_every=5, nfe_window=4, flow_points=50, flow_snapshots=2)
+                      eval_every=6, checkpoint_every=5, flow_points=50, flow_snapshots=2)
     full = registry.run_experiment("classify-2d", config=config, out=tmp_path / "a")
     original = Run.log
     calls = {"n": 0}

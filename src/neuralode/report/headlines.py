@@ -268,16 +268,6 @@ def _ratio(num: str, den: str) -> Callable[[Mapping[str, Any]], float]:
 _CHEN = "Chen et al. 2018"
 
 DEFAULTS: dict[str, tuple[Headline, ...]] = {
-    "classify-2d": (
-        Headline("accuracy_node_moons", "NODE test accuracy, moons (%)", 0.99, "at_least", scale=100,
-                 source="Dupont et al. 2019"),
-        Headline("accuracy_anode_annuli", "ANODE test accuracy, annuli (%)", 1.0, "at_least", scale=100,
-                 source="Dupont et al. 2019"),
-        Headline("accuracy_anode_spirals", "ANODE test accuracy, spirals (%)", 1.0, "at_least", scale=100,
-                 source="Dupont et al. 2019"),
-        Headline("nfe_ratio_node_anode_annuli", "forward NFE, NODE / ANODE on annuli", 1.1, "at_least",
-                 source="Dupont et al. 2019: NODE needs more", value=_ratio("nfe_node_annuli", "nfe_anode_annuli")),
-    ),
     "cnf-2d": (
         Headline("gap_to_kde", "test NLL minus KDE's (nats)", 0.05, "at_most", source="project target"),
         Headline("test_nll", "test NLL, first variant (nats)", goal="info"),
