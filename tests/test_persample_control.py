@@ -111,7 +111,8 @@ def _call_times(method, mu, t, rtol):
 
 
 @pytest.mark.parametrize("constants", [{}, {"START_CONSTANT": 0.01, "SPREAD_STEPS": 1, "FIRST_STEP_I": True},
-                                       {"START_CONSTANT": 0.5, "SPREAD_STEPS": 4}])
+                                       {"START_CONSTANT": 0.5, "SPREAD_STEPS": 4},
+                                       {"START_CONSTANT": 0.5, "OBSERVED_ORDER": True}])
 @pytest.mark.parametrize("method", ["dopri5", "bosh3"])
 def test_each_row_is_evaluated_at_the_times_of_its_solo_solve_whatever_controls_constants(monkeypatch, method,
                                                                                           constants):

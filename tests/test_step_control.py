@@ -25,8 +25,8 @@ def test_a_second_rejected_first_step_is_cut_with_the_order_the_error_showed(mon
     assert 4.0 * (pi / 0.5) ** 2 > 1.0  # the PI factor (which assumes h⁸) would be rejected again
 
 
-def test_the_rule_is_off_by_default_and_then_the_pi_factor_cuts():
-    assert control.OBSERVED_ORDER is False
+def test_with_the_rule_off_the_pi_factor_cuts(monkeypatch):
+    monkeypatch.setattr(control, "OBSERVED_ORDER", False)
     controller = PIController(order=8)
     controller.propose(1.0, 16.0, False)
     assert math.isclose(controller.propose(0.5, 4.0, False), 0.5 * 0.9 * 4.0 ** -controller.alpha)

@@ -21,11 +21,11 @@ SPREAD_STEPS = 2  # the last steps before a boundary are made equal when it is a
 # fewer evaluations on the neural-ODE problems, more points above a peer's curve (BENCHMARKS.md).
 FIRST_STEP_I = False
 # True: a second rejected first step is cut with the error's observed order (observed_order_factor).
-# Measured: the ODE-Net block's dopri8 rejects 2 first steps instead of 5-7, NFE-identical on the
-# other work-precision problems. Off until per-sample stepping (neuralode.persample) passes the
-# per-row state that factor() needs for it (h, rejected_h, rejected_ratio): per-sample solves
-# must equal solo solves (tests/test_persample_control.py).
-OBSERVED_ORDER = False
+# Measured: the ODE-Net block's dopri8 rejects 2 first steps instead of 5-7 (NFE 236/496/1120 ->
+# 197/444/1029 at 1e-4/1e-5/1e-6), NFE-identical on the other work-precision problems. Per-sample
+# stepping (neuralode.persample) passes each row's last rejected (h, ratio), so per-sample solves
+# still equal solo solves (tests/test_persample_control.py).
+OBSERVED_ORDER = True
 
 
 def _where(condition: Value, a: Value, b: Value) -> Value:

@@ -292,6 +292,8 @@ def _integrate(func: Callable, y0: torch.Tensor, t2: torch.Tensor, tab: ButcherT
         h = _initial_step(field, t_cur, y0.detach(), f0.detach(), k, float(rtol), float(atol)).to(time_dtype)
     prev_ratio = torch.full((batch,), controller.previous_ratio, dtype=time_dtype, device=device)
     last_rejected = torch.full((batch,), controller.last_rejected, dtype=torch.bool, device=device)
+    rej_h = torch.zeros(batch, dtype=time_dtype, device=device)  # (h, ratio) of a row's last attempt if rejected
+    rej_r = torch.zeros(batch, dtype=time_dtype, device=device)
     n_acc = torch.zeros(batch, dtype=torch.long, device=device)
     n_rej = torch.zeros(batch, dtype=torch.long, device=device)
     next_out = torch.ones(batch, dtype=torch.long, device=device)
@@ -339,7 +341,8 @@ def _integrate(func: Callable, y0: torch.Tensor, t2: torch.Tensor, tab: ButcherT
         n_write = (passed - nxt).clamp_min(0)
         # controller (per row)
         r = torch.where(finite, ratio.to(time_dtype), torch.full_like(h_step, math.inf))
-        factor = controller.factor(r, accept, prev_ratio[sel], last_rejected[sel], n_acc[sel] > 0)
+        factor = controller.factor(r, accept, prev_ratio[sel], last_rejected[sel], n_acc[sel] > 0, h=h_step,
+                                   rejected_h=rej_h[sel], rejected_ratio=rej_r[sel])
         h_new = torch.where(done_a, h_a, h_step * factor)  # a finished row keeps its last proposal
         active_after = t_new < te_a
         tiny = (h_step <= 8 * eps * torch.maximum(t_a.abs(), span[sel])) & ~done_a
@@ -374,9 +377,11 @@ def _integrate(func: Callable, y0: torch.Tensor, t2: torch.Tensor, tab: ButcherT
         n_acc_a = (accept & ~done_a).long()
         n_rej_a = (~accept).long()
         prev_a = controller.remember(r, accept, prev_ratio[sel])
+        rej_h_a, rej_r_a = controller.remember_rejection(h_step, r, accept)
         if full:
             y, t_cur, h, next_out = y_new, t_new, h_new, passed
             prev_ratio, last_rejected = prev_a, ~accept
+            rej_h, rej_r = rej_h_a, rej_r_a
             n_acc, n_rej = n_acc + n_acc_a, n_rej + n_rej_a
             if quadrature is None:
                 f0 = field(t_cur, y) if f_new is None else f_new
@@ -387,6 +392,8 @@ def _integrate(func: Callable, y0: torch.Tensor, t2: torch.Tensor, tab: ButcherT
             next_out = next_out.index_copy(0, idx, passed)
             prev_ratio = prev_ratio.index_copy(0, idx, prev_a)
             last_rejected = last_rejected.index_copy(0, idx, ~accept)
+            rej_h = rej_h.index_copy(0, idx, rej_h_a)
+            rej_r = rej_r.index_copy(0, idx, rej_r_a)
             n_acc = n_acc.index_add(0, idx, n_acc_a)
             n_rej = n_rej.index_add(0, idx, n_rej_a)
             if quadrature is None:
