@@ -153,7 +153,7 @@ class PIController:
     rejection the step never grows. The integral part damps the oscillating step sequences of
     a pure I-controller, so fewer steps are rejected.
 
-    With ``OBSERVED_ORDER`` (off by default, see there): before the first accepted step (the
+    With ``OBSERVED_ORDER`` (on by default, see there): before the first accepted step (the
     step came from :func:`initial_step`'s guess, with no history yet), a rejection that follows a
     rejection uses the error's order as observed
     between the two attempts (Gustafsson's estimate, :func:`observed_order_factor`): on fields
@@ -212,8 +212,9 @@ class PIController:
         factor = _where(accepted, _where(last_rejected, capped, factor), capped)
         if OBSERVED_ORDER and h is not None and rejected_h is not None and rejected_ratio is not None:
             use = _where(accepted, False, _where(history, False, _isfinite(ratio)))
-            factor = _where(use, observed_order_factor(factor, h, ratio, rejected_h, rejected_ratio, self.order,
-                                                       self.safety, self.dfactor), factor)
+            if isinstance(use, torch.Tensor) or use:  # the shared loop: only a rejection before any acceptance
+                factor = _where(use, observed_order_factor(factor, h, ratio, rejected_h, rejected_ratio, self.order,
+                                                           self.safety, self.dfactor), factor)
         return factor
 
     @staticmethod

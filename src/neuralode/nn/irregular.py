@@ -126,17 +126,14 @@ class ODEFunc(nn.Module):
             mods += [nn.Linear(width, hidden), nn.Tanh()]
             width = hidden
         last = nn.Linear(width, dim)
+        self.net = nn.Sequential(*mods, last)
         if init_std is not None:
             if not init_std > 0:
                 raise ValueError(f"init_std must be > 0 or None, got {init_std!r}")
-            for mod in [*mods, last]:
-                if isinstance(mod, nn.Linear):
-                    nn.init.normal_(mod.weight, std=init_std)
-                    nn.init.zeros_(mod.bias)
+            init_normal_(self.net, init_std)
         elif small_init:
             nn.init.normal_(last.weight, std=1e-2)
             nn.init.zeros_(last.bias)
-        self.net = nn.Sequential(*mods, last)
 
     def forward(self, t: Tensor, h: Tensor) -> Tensor:
         return self.net(h)
