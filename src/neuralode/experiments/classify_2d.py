@@ -161,6 +161,10 @@ class ODEClassifier(nn.Module):
     def nfe(self) -> int:
         return self.block.nfe
 
+    @property
+    def nfe_backward(self) -> int:
+        return self.block.nfe_backward
+
 
 class ResidualBlock(nn.Module):
     def __init__(self, dim: int, width: int, activation: str):
@@ -187,6 +191,11 @@ class ResNetClassifier(nn.Module):
     def nfe(self) -> int:
         return self.n_blocks
 
+    @property
+    def nfe_backward(self) -> int:
+        """0: backprop through the blocks evaluates no field (its cost is in ``nfe``'s blocks)."""
+        return 0
+
 
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -199,7 +208,7 @@ def resnet_width(target_params: int, data_dim: int, n_blocks: int) -> int:
     return max(1, round((per_block - data_dim) / (2 * data_dim + 1)))
 
 
-def make_model(name: str, config: Config, data_dim: int = 2) -> nn.Module:
+def make_model(name: str, config: Config, data_dim: int = 2) -> ODEClassifier | ResNetClassifier:
     if name in ("node", "anode"):
         return ODEClassifier(data_dim, config.augment_dim if name == "anode" else 0, config.hidden,
                              config.activation, config.t1, config.method, config.rtol, config.atol,
@@ -271,7 +280,7 @@ def _train_one(config: Config, run: Run, key: str, model: nn.Module, train, test
         sched.step()
         seconds += time.perf_counter() - t0
         step += 1
-        nfe_b = model.block.nfe_backward if hasattr(model, "block") else 0
+        nfe_b = model.nfe_backward
         hist["loss"].append(loss.item())
         hist["nfe"].append(nfe)
         hist["nfe_backward"].append(nfe_b)
