@@ -103,10 +103,75 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, stop_
     with Run(tmp_path / "b", config=config, seed=3, resume=True) as run:
         run.start()
         resumed = E.run(config, run)
-    timing = lambda m: {k: v for k, v in m.items() if not k.startswith("train_s_")}  # noqa: E731
-    assert timing(resumed) == timing(straight)
+    assert _untimed(resumed) == _untimed(straight)
     assert set(resumed) == set(straight)
     assert (tmp_path / "b" / "figures" / "spirals.png").is_file()
+
+
+def _untimed(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if "train_s_" not in k}
+
+
+def test_seed_aggregation_is_the_mean_and_sample_std_of_the_seeds():
+    per_seed = {2: {"rmse": 1.0, "n": 10.0}, 3: {"rmse": 2.0, "n": 10.0}, 4: {"rmse": 4.0, "n": 10.0}}
+    out = E.aggregate_seeds(per_seed)
+    assert out["rmse"] == pytest.approx(7 / 3) and out["rmse_std"] == pytest.approx((7 / 3) ** 0.5)  # ddof 1
+    assert out["n"] == 10.0 and out["n_std"] == 0.0
+    assert out["seed3/rmse"] == 2.0 and out["seed4/n"] == 10.0
+    single = E.aggregate_seeds({5: {"rmse": 0.25}})
+    assert single == {"rmse": 0.25, "seed5/rmse": 0.25}  # one seed: its value, no spread
+    with pytest.raises(ValueError, match="at least one seed"):
+        E.aggregate_seeds({})
+
+
+def test_seeds_must_be_a_positive_int(tmp_path):
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="seeds must be an int >= 1"):
+            E.run(dataclasses.replace(_tiny(), seeds=bad), Run(tmp_path))
+
+
+@pytest.mark.parametrize("stop_at", [8])  # inside seed 4's latent ODE (seed 3's two models took 2 x 3 steps)
+def test_multi_seed_run_resumes_across_seeds_and_each_seed_equals_its_single_seed_run(tmp_path, stop_at):
+    config = dataclasses.replace(_tiny(), models=("latent_ode", "rnn_paper"), iters=3, checkpoint_every=1, seeds=2)
+    with _StopAfter(tmp_path / "multi", config=config, seed=3, stop_at=stop_at) as run:
+        run.start()
+        with pytest.raises(KeyboardInterrupt):
+            E.run(config, run)
+    with Run(tmp_path / "multi", config=config, seed=3, resume=True) as run:
+        run.start()
+        resumed = E.run(config, run)
+    single = {}
+    for seed in (3, 4):
+        one = dataclasses.replace(config, seeds=1)
+        with Run(tmp_path / f"single{seed}", config=one, seed=seed) as run:
+            run.start()
+            single[seed] = E.run(one, run)
+    assert resumed["seeds"] == 2 and "seed5/rmse_latent_ode_5" not in resumed
+    for seed in (3, 4):  # model seed s of a multi-seed run is the single-seed run --seed s
+        assert {k.split("/", 1)[1]: v for k, v in _untimed(resumed).items() if k.startswith(f"seed{seed}/")} == {
+            k: v for k, v in _untimed(single[seed]).items() if k in resumed and "/" not in k
+            and k not in ("seeds", "mse_mean_trajectory", "recon_mse_mean_trajectory", "oracle_rmse_capped_radius")}
+    for model in config.models:
+        for n in config.obs_counts:
+            values = [single[s][f"rmse_{model}_{n}"] for s in (3, 4)]
+            assert resumed[f"rmse_{model}_{n}"] == pytest.approx(sum(values) / 2)
+            assert resumed[f"rmse_{model}_{n}_std"] == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5)
+
+
+def test_multi_seed_report_puts_the_papers_rows_beside_mean_and_std_and_per_seed_rows(tmp_path):
+    config = dataclasses.replace(_tiny(), n_total=400, n_window=100, obs_counts=(30, 50, 100), iters=2,
+                                 models=("latent_ode", "rnn_paper"), seeds=2, n_spirals=20)
+    with Run(tmp_path, config=config, seed=0) as run:
+        run.start()
+        m = E.run(config, run)
+    report = (tmp_path / "report.md").read_text()
+    assert "| Latent ODE (Chen et al., Table 2) | 0.1642 | 0.1502 | 0.1346 |" in report
+    assert "| RNN (Chen et al.'s baseline: tanh RNN 25, Δt input) (Chen et al., Table 2) | 0.3937 | 0.3202 | 0.1813 |" in report
+    mean_std = f"{m['rmse_latent_ode_30']:.3g} ± {m['rmse_latent_ode_30_std']:.2g}"
+    assert f"| Latent ODE | {mean_std} |" in report
+    for seed in (0, 1):
+        assert f"| Latent ODE | {seed} | {m[f'seed{seed}/rmse_latent_ode_30']:.4g} |" in report
+    assert "GRU 25 with Δt input" not in report and "Chen et al.'s tanh RNN (6 units" in report
 
 
 @pytest.mark.slow

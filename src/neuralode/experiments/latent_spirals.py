@@ -48,7 +48,19 @@ Values are standardised with the training windows' per-coordinate mean and one p
 (``obs_std`` is divided by that scale, so the objective is the one in data units); every metric
 below is in data units.
 
-Result keys (``result.json``), for ``n`` in ``obs_counts``:
+Seeds: ``seeds=N`` trains every model from each of the model seeds ``run.seed, ..., run.seed + N - 1``
+(``neuralode run latent-spirals --set seeds=5``: seeds 0-4) and reports per-seed rows and mean ± sample
+std (ddof 1) beside Chen et al.'s rows; the headlines judge the means. An int, as physionet's
+``seeds``: ``--seed s --set seeds=N`` picks any contiguous range, and model seed ``s`` trains exactly as
+a single-seed run with ``--seed s`` (its initialisation and batches come from ``1000 s + model index``),
+so the rows of separate runs and of one multi-seed run are the same numbers. The data and the split
+(``data_seed``) are the same for every seed. Figures show the first seed's models.
+
+Result keys (``result.json``): every key below is the mean over the seeds (a single seed's value
+when ``seeds=1``), ``{key}_std`` the sample std over them (two or more seeds), ``seed{s}/{key}``
+model seed ``s``'s value (``mse_mean_trajectory``, ``recon_mse_mean_trajectory`` and
+``oracle_rmse_capped_radius`` do not depend on the seed and appear once); ``seeds``: their number.
+For ``n`` in ``obs_counts``:
 
 - ``rmse_{model}_{n}``: predictive RMSE on the 100 extrapolation points of
   the test spirals from ``n`` observations, against the noisy values (Chen et al.'s Table 2
@@ -79,14 +91,19 @@ RMSE/MSE average over points and both coordinates.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from neuralode.experiments.config import setting
 from neuralode.experiments.registry import register
+from neuralode.nn.latent import LatentODE, RNNBaseline
+
+if TYPE_CHECKING:
+    from neuralode.experiments.base import Run
 
 MODEL_LABELS = {"latent_ode": "Latent ODE", "rnn_paper": "RNN (Chen et al.'s baseline: tanh RNN 25, Δt input)",
                 "rnn": "RNN (ours: GRU + MLP head, Δt input)"}
@@ -113,6 +130,8 @@ class Config:
                                 "points the training observation windows cover; all: [W, n_total - 2W] as training")
     # models
     models: tuple[str, ...] = ("latent_ode", "rnn_paper", "rnn")
+    seeds: int = setting(1, ge=1, help="model seeds run.seed .. run.seed + seeds - 1: every model is trained from "
+                         "each; the report gives per-seed rows and mean ± std (ddof 1)")
     latent_dim: int = 4
     rec_hidden: int = 25  # encoder GRU
     ode_hidden: int = 20  # latent field width (Chen et al.: one hidden layer of 20)
@@ -168,7 +187,7 @@ def _load(config: Config, run) -> _Data:
         raise ValueError(f"test_frac must be in (0, 1), got {config.test_frac}")
     if config.test_windows not in TEST_WINDOWS:
         raise ValueError(f"test_windows must be one of {TEST_WINDOWS}, got {config.test_windows!r}")
-    kw = dict(n_total=config.n_total, n_window=config.n_window, obs_counts=tuple(config.obs_counts),
+    kw: dict[str, Any] = dict(n_total=config.n_total, n_window=config.n_window, obs_counts=tuple(config.obs_counts),
               noise_std=config.noise_std, b=config.spiral_b, clockwise=config.clockwise_shape, seed=config.data_seed)
     data = generate_spirals(config.n_spirals, **kw)
     rng = np.random.default_rng([config.data_seed, 1])
@@ -218,14 +237,12 @@ def _observed(spirals, which: torch.Tensor, counts: tuple[int, ...], idx: torch.
 # --------------------------------------------------------------------------- models
 
 
-def _make(name: str, config: Config, scale: float) -> torch.nn.Module:
-    from neuralode.nn.latent import LatentODE, RNNBaseline
-
+def _make(name: str, config: Config, scale: float) -> LatentODE | RNNBaseline:
     obs_std = _obs_std(config) / scale
     if name == "latent_ode":
         return LatentODE(2, config.latent_dim, config.rec_hidden, config.ode_hidden, config.dec_hidden,
-                         ode_layers=config.ode_layers, ode_act=config.ode_act, obs_std=obs_std, method=config.method, rtol=config.rtol,
-                         atol=config.atol, gradient=config.gradient)
+                         ode_layers=config.ode_layers, ode_act=config.ode_act, obs_std=obs_std, method=config.method,
+                         rtol=config.rtol, atol=config.atol, gradient=config.gradient)
     if name == "rnn_paper":
         return RNNBaseline(2, config.rnn_hidden, 0, obs_std=obs_std, cell="rnn")
     if name == "rnn":
@@ -241,30 +258,41 @@ def _n_params(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-def _train(index: int, name: str, config: Config, data: _Data, run, done: dict) -> dict:
-    """Train one model (resumable); return its state dict, loss curve and training time."""
-    torch.manual_seed(run.seed * 1000 + index)
+def _key(name: str, seed: int) -> str:
+    """The checkpoint's name for model ``name`` trained from model seed ``seed``."""
+    return f"{name}#{seed}"
+
+
+def _train(index: int, name: str, seed: int, config: Config, data: _Data, run: Run, done: dict[str, Any]) -> dict[str, Any]:
+    """Train model ``name`` (``index`` in ``config.models``) from model seed ``seed`` (resumable);
+    return its state dict, loss curve and training time.
+
+    The initialisation and the batches come from ``torch.manual_seed(1000 seed + index)``: model seed
+    ``s`` of a multi-seed run trains exactly as a single-seed run with ``--seed s`` (and as the runs
+    before the ``seeds`` setting existed)."""
+    key = _key(name, seed)
+    torch.manual_seed(seed * 1000 + index)
     model = _make(name, config, data.scale).to(run.device)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     gamma = (config.lr_final / config.lr) ** (1.0 / max(config.iters, 1))
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=gamma)
     step, losses, train_s = 0, [], 0.0
     ckpt = run.last_checkpoint
-    if ckpt is not None and ckpt.get("extra", {}).get("model_name") == name:
+    if ckpt is not None and _legacy_key(ckpt.get("extra", {}).get("model_name", ""), run.seed) == key:
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
         run.restore_rng(ckpt["rng"])
         step, losses, train_s = int(ckpt["step"]), list(ckpt["extra"]["losses"]), float(ckpt["extra"]["train_s"])
-        run.info(f"{name}: resumed at step {step}")
+        run.info(f"{key}: resumed at step {step}")
 
-    def state() -> dict:
-        return run.training_state(step, model, opt, sched, model_name=name, losses=losses, train_s=train_s,
+    def state() -> dict[str, Any]:
+        return run.training_state(step, model, opt, sched, model_name=key, losses=losses, train_s=train_s,
                                   done=done)
 
     counts = tuple(config.obs_counts)
     train = data.train
-    bar = run.progress(config.iters, MODEL_LABELS[name], initial=step)
+    bar = run.progress(config.iters, f"{MODEL_LABELS[name]}, seed {seed}", initial=step)
     model.train()
     while step < config.iters:
         run.check_interrupt(state)
@@ -273,7 +301,7 @@ def _train(index: int, name: str, config: Config, data: _Data, run, done: dict) 
         which = torch.randint(len(counts), (config.batch_size,))
         x, t, m, _ = _observed(train, which, counts, idx, data)
         x, t, m = x.to(run.device), t.to(run.device), m.to(run.device)
-        if name == "latent_ode":
+        if isinstance(model, LatentODE):
             m = _within_horizon(t, m, _horizon(config, step, float(train.window_times[-1])))
             terms = model.elbo(x, t, m, n_samples=config.n_samples)
             loss = -terms.elbo.mean()
@@ -294,7 +322,7 @@ def _train(index: int, name: str, config: Config, data: _Data, run, done: dict) 
         bar.update()
         bar.set_postfix(loss=f"{loss.item():.4g}", nfe=nfe)
         if step % config.log_every == 0 or step == config.iters:
-            run.log(step, model=name, loss=loss.item(), nll_per_coord=per_point, nfe=nfe,
+            run.log(step, model=name, seed=seed, loss=loss.item(), nll_per_coord=per_point, nfe=nfe,
                     lr=sched.get_last_lr()[0])
         if step % config.checkpoint_every == 0 or step == config.iters:
             run.save_checkpoint(state())
@@ -430,36 +458,64 @@ def _mean_trajectory(config: Config, data: _Data) -> dict[str, float]:
 # --------------------------------------------------------------------------- the experiment
 
 
-def run(config: Config, run) -> dict[str, Any]:
-    """Train the latent ODE and the RNN baseline, evaluate on the test spirals, write the report."""
+def model_seeds(config: Config, run: Run) -> list[int]:
+    """The model seeds of a run: ``run.seed, ..., run.seed + config.seeds - 1``."""
+    if isinstance(config.seeds, bool) or not isinstance(config.seeds, int) or config.seeds < 1:
+        raise ValueError(f"seeds must be an int >= 1 (model seeds run.seed .. run.seed + seeds - 1), got {config.seeds!r}")
+    return [run.seed + k for k in range(config.seeds)]
+
+
+def _legacy_key(key: str, seed: int) -> str:
+    """Checkpoints written before the ``seeds`` setting name a model without its seed: that of the run."""
+    return key if not key or "#" in key else _key(key, seed)
+
+
+def run(config: Config, run: Run) -> dict[str, Any]:
+    """Train every model of ``config.models`` from each model seed, evaluate them on the test spirals and
+    write the report: per-seed rows, mean ± std over the seeds, Chen et al.'s Table 2 beside.
+
+    Resumable: finished models are kept in the checkpoint (keyed ``model#seed``), the one in training
+    resumes at its last checkpointed step."""
     unknown = [m for m in config.models if m not in MODEL_LABELS]
     if unknown:
         raise ValueError(f"unknown models {unknown}; choose from {', '.join(MODEL_LABELS)}")
+    seeds = model_seeds(config, run)
     torch.set_num_threads(config.threads)
     data = _load(config, run)
     state = run.load_checkpoint()
-    done: dict[str, dict] = dict(state["extra"]["done"]) if state and "extra" in state else {}
-    trained, evals = {}, {}
-    for index, name in enumerate(config.models):
-        if name not in done:
-            done[name] = _train(index, name, config, data, run, done)
-            run.save_checkpoint({"step": 0, "extra": {"model_name": "", "done": done}})  # between models
-        model = _make(name, config, data.scale)
-        model.load_state_dict(done[name]["state"])
-        trained[name] = model.to(run.device)
-        evals[name] = _evaluate(model, name, config, data)
-        run.log(config.iters, model=name, **{f"test_{k}": v for k, v in evals[name].items()})
+    done: dict[str, Any] = ({_legacy_key(k, run.seed): v for k, v in state["extra"]["done"].items()}
+                            if state and "extra" in state else {})
+    trained: dict[int, dict[str, LatentODE | RNNBaseline]] = {}
+    evals: dict[int, dict[str, dict[str, Any]]] = {}
+    for seed in seeds:
+        trained[seed], evals[seed] = {}, {}
+        for index, name in enumerate(config.models):
+            key = _key(name, seed)
+            if key not in done:
+                done[key] = _train(index, name, seed, config, data, run, done)
+                run.save_checkpoint({"step": 0, "extra": {"model_name": "", "done": done}})  # between models
+            model = _make(name, config, data.scale)
+            model.load_state_dict(done[key]["state"])
+            trained[seed][name] = model.to(run.device)
+            evals[seed][name] = _evaluate(model, name, config, data)
+            run.log(config.iters, model=name, seed=seed, **{f"test_{k}": v for k, v in evals[seed][name].items()})
     baseline = _mean_trajectory(config, data)
-    metrics = _headline(config, evals, baseline, done)
+    per_seed = {seed: _seed_metrics(config, evals[seed], {n: done[_key(n, seed)] for n in config.models})
+                for seed in seeds}
     from neuralode.data.spirals import capped_radius_oracle_rmse
 
-    metrics["oracle_rmse_capped_radius"] = capped_radius_oracle_rmse(data.test, data.train)
-    _report(run, config, data, trained, evals, baseline, done, metrics)
+    metrics = {**aggregate_seeds(per_seed), "seeds": len(seeds),
+               "mse_mean_trajectory": baseline["mse"], "recon_mse_mean_trajectory": baseline["recon_mse"],
+               "oracle_rmse_capped_radius": capped_radius_oracle_rmse(data.test, data.train)}
+    first = seeds[0]
+    _report(run, config, data, trained[first], evals, baseline, {n: done[_key(n, first)] for n in config.models},
+            metrics)
     return metrics
 
 
-def _headline(config: Config, evals: dict, baseline: dict, done: dict) -> dict[str, Any]:
-    metrics: dict[str, Any] = {}
+def _seed_metrics(config: Config, evals: dict[str, dict[str, Any]], done: dict[str, Any]) -> dict[str, float]:
+    """The metrics of one model seed (every model)."""
+    metrics: dict[str, float] = {}
     for name, ev in evals.items():
         for n in config.obs_counts:
             metrics[f"rmse_{name}_{n}"] = ev[f"rmse_{n}"]
@@ -480,38 +536,73 @@ def _headline(config: Config, evals: dict, baseline: dict, done: dict) -> dict[s
         metrics["nfe_latent_ode"] = ev["nfe"]
     if "rnn" in evals:
         metrics["recon_mse_rnn"] = evals["rnn"]["recon_mse"]
-    metrics["mse_mean_trajectory"] = baseline["mse"]
-    metrics["recon_mse_mean_trajectory"] = baseline["recon_mse"]
     return metrics
 
 
-def _report(run, config: Config, data: _Data, trained: dict, evals: dict, baseline: dict, done: dict,
-            metrics: dict) -> None:
+def aggregate_seeds(per_seed: dict[int, dict[str, float]]) -> dict[str, float]:
+    """``result.json``'s seed keys: for every metric ``k`` of the seeds' dicts, ``k`` = the mean over the
+    seeds, ``k_std`` = their sample standard deviation (ddof 1; only with two or more seeds), and
+    ``seed{s}/k`` = seed ``s``'s value. With one seed ``k`` is that seed's value."""
+    if not per_seed:
+        raise ValueError("per_seed must hold at least one seed's metrics")
+    out: dict[str, float] = {}
+    for k in next(iter(per_seed.values())):
+        values = np.array([float(m[k]) for m in per_seed.values()])
+        out[k] = float(values.mean()) if len(values) > 1 else float(values[0])
+        if len(values) > 1:
+            out[f"{k}_std"] = float(values.std(ddof=1))
+    for seed, m in per_seed.items():
+        out.update({f"seed{seed}/{k}": float(v) for k, v in m.items()})
+    return out
+
+
+def _pm(metrics: dict[str, Any], key: str) -> float | str:
+    """``mean ± std`` of a metric over the seeds (the value alone for one seed)."""
+    if f"{key}_std" not in metrics:
+        return float(metrics[key])
+    return f"{metrics[key]:.3g} ± {metrics[f'{key}_std']:.2g}"
+
+
+def _report(run: Run, config: Config, data: _Data, trained: dict[str, LatentODE | RNNBaseline],
+            evals: dict[int, dict[str, dict[str, Any]]], baseline: dict[str, float], done: dict[str, Any],
+            metrics: dict[str, Any]) -> None:
+    """report.md: the Table 2 comparison (means ± std over seeds, the paper's rows beside), the per-seed
+    rows, the errors by window start; figures of the first seed's models (``trained``, ``done``)."""
     from neuralode.report.markdown import image, metrics_table
 
+    seeds = list(evals)
     figs = []
     try:
-        figs = _figures(run, config, data, trained, evals, baseline, done)
+        figs = _figures(run, config, data, trained, evals, baseline, done, metrics)
     except Exception as exc:  # noqa: BLE001 - a figure must not lose the measured table
         run.info(f"figures failed: {type(exc).__name__}: {exc}")
     counts = tuple(config.obs_counts)
     rows = []
-    for name, ev in evals.items():
+    for name in config.models:
         row: dict[str, Any] = {"model": MODEL_LABELS[name]}
         for n in counts:
-            row[f"RMSE {n} obs"] = ev[f"rmse_{n}"]
+            row[f"RMSE {n} obs"] = _pm(metrics, f"rmse_{name}_{n}")
         for n in counts:
-            row[f"RMSE vs true {n}"] = ev[f"rmse_true_{n}"]
-        row["recon MSE"] = ev["recon_mse"]
-        row["params"] = metrics[f"params_{name}"]
-        row["train s"] = done[name]["train_s"]
+            row[f"RMSE vs true {n}"] = _pm(metrics, f"rmse_true_{name}_{n}")
+        row["recon MSE"] = float(np.mean([evals[s][name]["recon_mse"] for s in seeds]))
+        row["params"] = int(metrics[f"params_{name}"])
+        row["train s"] = metrics[f"train_s_{name}"]
         rows.append(row)
         if name in PAPER_RMSE:
             rows.append({"model": f"{MODEL_LABELS[name]} (Chen et al., Table 2)",
                          **{f"RMSE {n} obs": PAPER_RMSE[name].get(n) for n in counts}})
     rows.append({"model": "mean training trajectory", **{f"RMSE {n} obs": baseline["rmse"] for n in counts},
                  "recon MSE": baseline["recon_mse"]})
+    per_seed_rows = [{"model": MODEL_LABELS[name], "seed": s,
+                      **{f"RMSE {n} obs": evals[s][name][f"rmse_{n}"] for n in counts},
+                      **{f"RMSE vs true {n}": evals[s][name][f"rmse_true_{n}"] for n in counts},
+                      "recon MSE": evals[s][name]["recon_mse"], "train s": metrics[f"seed{s}/train_s_{name}"]}
+                     for name in config.models for s in seeds]
     n_train, n_test = len(data.train), len(data.test)
+    baselines = [f"Chen et al.'s tanh RNN ({config.rnn_hidden} units, [x, Δt] input, linear read-out)"
+                 if name == "rnn_paper" else
+                 f"ours, a GRU ({config.rnn_hidden} units, [x, Δt] input) with a [h, gap] -> {config.rnn_head_hidden} "
+                 "-> 2 head" for name in config.models if name != "latent_ode"]
     lines = [
         "# Latent ODE vs RNN on irregularly-sampled spirals (Chen et al. 2018, Table 2)",
         "",
@@ -530,44 +621,56 @@ def _report(run, config: Config, data: _Data, trained: dict, evals: dict, baseli
         f"Latent ODE: latent {config.latent_dim}, encoder GRU {config.rec_hidden}, field {config.ode_hidden} "
         f"{config.ode_act} units, "
         + (f"decoder MLP {config.dec_hidden} units" if config.dec_hidden > 0 else "linear decoder")
-        + f", {config.method} rtol {config.rtol:g} atol "
-        f"{config.atol:g}, {config.gradient} gradients; RNN: GRU {config.rnn_hidden} with Δt input.",
+        + f", {config.method} rtol {config.rtol:g} atol {config.atol:g}, {config.gradient} gradients"
+        + (f". RNN baselines, trained one step ahead on the Gaussian likelihood and extrapolating "
+           f"autoregressively: {'; '.join(baselines)}" if baselines else "") + ".",
         "",
-        "RMSE: predictive RMSE on the 100 extrapolation points of the test spirals, against the noisy values "
+        f"{len(seeds)} model seed{'s' if len(seeds) > 1 else ''} ({', '.join(map(str, seeds))}): a seed sets the "
+        "models' initialisation and their training batches; the data and the split are those of "
+        f"data_seed {config.data_seed} for every seed. "
+        + ("Our rows: mean ± sample std (ddof 1) over the seeds; per-seed rows below. " if len(seeds) > 1 else "")
+        + "RMSE: predictive RMSE on the 100 extrapolation points of the test spirals, against the noisy values "
         f"(noise floor {config.noise_std}) and against the noiseless spiral. recon MSE: at the observed points "
-        "against the observed values (the RNN's are one-step-ahead predictions).",
+        "against the observed values (the RNNs': one-step-ahead predictions); train s: per seed, mean.",
         "",
         metrics_table(rows),
         "",
+    ]
+    if len(seeds) > 1:
+        lines += ["Per model seed:", "", metrics_table(per_seed_rows), ""]
+    first = seeds[0]
+    lines += [
         f"- latent ODE reconstruction MSE against the noiseless spiral over the whole observation window: "
-        f"{metrics.get('recon_mse_true', float('nan')):.4g}; extrapolation solve: {metrics.get('nfe_latent_ode', 0)} "
-        "field evaluations.",
+        f"{metrics.get('recon_mse_true', float('nan')):.4g}; extrapolation solve: {metrics.get('nfe_latent_ode', 0):.0f} "
+        "field evaluations" + (" (means over the seeds)." if len(seeds) > 1 else "."),
         f"- predicting the mean training trajectory: extrapolation MSE {baseline['mse']:.4g}"
-        + "".join(f"; {MODEL_LABELS[k]} {evals[k]['mse']:.4g}" for k in evals),
+        + "".join(f"; {MODEL_LABELS[k]} {metrics[f'mse_{k}']:.4g}" for k in config.models),
         "",
-        f"Predictive RMSE (noisy targets, pooled over observation counts) by where the test window starts: "
-        f"thirds of the scored test windows' starts {_range(data.test)}"
+        f"Predictive RMSE (noisy targets, pooled over observation counts; mean over the seeds) by where the test "
+        f"window starts: thirds of the scored test windows' starts {_range(data.test)}"
         + (f", and of the same held-out spirals on windows from the training range {_range(data.test_all)} "
            "(per count and by third; the late third extrapolates into radii no observation window shows"
            + (", and the torchdiffeq clockwise family grows fastest there" if config.clockwise_shape == "torchdiffeq"
               else "") + ")" if data.test_all is not None else "") + ".",
         "",
-        metrics_table([{"model": MODEL_LABELS[k], **{f"start {p}": evals[k][f"rmse_start_{p}"] for p in START_THIRDS},
-                        **({f"training-range windows, {n} obs": evals[k][f"all_starts_{n}"] for n in counts}
+        metrics_table([{"model": MODEL_LABELS[k], **{f"start {p}": metrics[f"rmse_{k}_start_{p}"] for p in START_THIRDS},
+                        **({f"training-range windows, {n} obs": metrics[f"rmse_{k}_all_starts_{n}"] for n in counts}
                            if data.test_all is not None else {}),
-                        **({f"training-range {p}": evals[k][f"all_starts_{p}"] for p in START_THIRDS}
+                        **({f"training-range {p}": metrics[f"rmse_{k}_all_starts_{p}"] for p in START_THIRDS}
                            if data.test_all is not None else {})}
-                       for k in evals]),
+                       for k in config.models]),
         "",
     ]
+    seed_note = f" (models of seed {first})" if len(seeds) > 1 else ""
     captions = {
-        "spirals.png": "Test spirals (rows: clockwise, then counter-clockwise; columns: observations). Grey: true "
-        "spiral (solid: observation window, dotted: extrapolation window); black: the noisy observations the "
-        "models read; blue: latent ODE reconstruction (solid) and extrapolation (dashed); red: Chen et al.'s RNN "
-        "baseline's extrapolation; orange: our GRU baseline's.",
-        "rmse.png": "Predictive RMSE on the extrapolation window vs observations per spiral, with Chen et al.'s "
-        "Table 2 values and the mean-trajectory predictor.",
-        "loss.png": "Training objectives per step.",
+        "spirals.png": f"Test spirals{seed_note} (rows: clockwise, then counter-clockwise; columns: observations). "
+        "Grey: true spiral (solid: observation window, dotted: extrapolation window); black: the noisy "
+        "observations the models read; blue: latent ODE reconstruction (solid) and extrapolation (dashed); red: "
+        "Chen et al.'s RNN baseline's extrapolation; orange: our GRU baseline's.",
+        "rmse.png": "Predictive RMSE on the extrapolation window vs observations per spiral"
+        + (" (mean ± std over the seeds)" if len(seeds) > 1 else "")
+        + ", with Chen et al.'s Table 2 values and the mean-trajectory predictor.",
+        "loss.png": f"Training objectives per step{seed_note}.",
     }
     lines += [image(f, captions.get(f.rsplit("/", 1)[-1], "")) for f in figs]
     run.write_report("\n".join(lines))
@@ -578,7 +681,10 @@ def _range(spirals) -> str:
     return f"[{lo}, {hi}]"
 
 
-def _figures(run, config: Config, data: _Data, trained: dict, evals: dict, baseline: dict, done: dict) -> list[str]:
+def _figures(run: Run, config: Config, data: _Data, trained: dict[str, LatentODE | RNNBaseline],
+             evals: dict[int, dict[str, dict[str, Any]]], baseline: dict[str, float], done: dict[str, Any],
+             metrics: dict[str, Any]) -> list[str]:
+    """spirals.png and loss.png of one seed's models (``trained``, ``done``); rmse.png over every seed."""
     from neuralode.report.plots import figure
 
     paths = []
@@ -603,7 +709,7 @@ def _figures(run, config: Config, data: _Data, trained: dict, evals: dict, basel
             true = test.true[s]
             ax.plot(true[:W, 0], true[:W, 1], color="0.55", lw=1.2, label="true (observation window)")
             ax.plot(true[W:, 0], true[W:, 1], color="0.55", lw=1.2, ls=":", label="true (future)")
-            ax.scatter(raw[i, :n, 0], raw[i, :n, 1], s=6, color="k", zorder=3, label=f"observed ({n})")
+            ax.scatter(raw[i, :n, 0], raw[i, :n, 1], s=6, color="k", zorder=3, label="observed")
             for name, (rec, ext) in preds.items():
                 c = colors.get(name, None)
                 if name == "latent_ode":
@@ -613,12 +719,17 @@ def _figures(run, config: Config, data: _Data, trained: dict, evals: dict, basel
             ax.set_title(f"test spiral {s} ({direction}), {n} obs", fontsize=8)
             ax.set_aspect("equal", adjustable="datalim")
             ax.tick_params(labelsize=6)
-    axes[0, 0].legend(fontsize=6, loc="best")
+    handles, labels = axes[0, 0].get_legend_handles_labels()  # one legend for every panel, below them
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4), fontsize=7, frameon=False)
     paths.append(run.save_figure(fig, "spirals.png"))
 
     fig, ax = figure(size=(4.6, 3.4))
-    for name, ev in evals.items():
-        ax.plot(counts, [ev[f"rmse_{n}"] for n in counts], "o-", color=colors.get(name), label=MODEL_LABELS[name])
+    n_seeds = len(evals)
+    for name in config.models:
+        mean = [metrics[f"rmse_{name}_{n}"] for n in counts]
+        std = [metrics.get(f"rmse_{name}_{n}_std", 0.0) for n in counts]
+        ax.errorbar(counts, mean, yerr=std if n_seeds > 1 else None, fmt="o-", capsize=3, color=colors.get(name),
+                    label=MODEL_LABELS[name] + (f" (mean ± std, {n_seeds} seeds)" if n_seeds > 1 else ""))
         if name in PAPER_RMSE and all(n in PAPER_RMSE[name] for n in counts):
             ax.plot(counts, [PAPER_RMSE[name][n] for n in counts], "s:", color=colors.get(name), alpha=0.6,
                     label=f"{MODEL_LABELS[name]}, Chen et al.")
@@ -642,6 +753,15 @@ def _figures(run, config: Config, data: _Data, trained: dict, evals: dict, basel
     return paths
 
 
+def _ratio_to_rnn_paper(n: int) -> Callable[[Mapping[str, Any]], float]:
+    """The headline value latent ODE RMSE / paper's RNN RMSE at ``n`` observations (of the means over seeds)."""
+
+    def value(m: Mapping[str, Any]) -> float:
+        return float(m[f"rmse_latent_ode_{n}"]) / float(m[f"rmse_rnn_paper_{n}"])
+
+    return value
+
+
 def _declare_headlines() -> None:
     from neuralode.report.headlines import Headline, declare
 
@@ -653,8 +773,7 @@ def _declare_headlines() -> None:
         Headline("rmse_rnn_paper_30", "paper's RNN baseline extrapolation RMSE, 30 obs", PAPER_RMSE["rnn_paper"][30],
                  "lower", rtol=0.1, source=src),
         *(Headline(f"latent_ode_over_rnn_paper_{n}", f"latent ODE / paper's RNN RMSE, {n} obs (< 1: the paper's ordering)",
-                   1.0, "at_most", source="the paper's ordering",
-                   value=lambda m, n=n: m[f"rmse_latent_ode_{n}"] / m[f"rmse_rnn_paper_{n}"]) for n in (30, 50, 100)),
+                   1.0, "at_most", source="the paper's ordering", value=_ratio_to_rnn_paper(n)) for n in (30, 50, 100)),
     )
 
 
