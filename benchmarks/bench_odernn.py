@@ -1,8 +1,9 @@
 """ODE-RNN training step: inline Euler between grid rows vs one ``neuralode.solve`` per row.
 
 The ODE-RNN of :mod:`neuralode.nn.irregular` carries its state across every gap of a batch's
-union time grid (PhysioNet: hundreds of rows per batch of 50 patients, most gaps a few minutes).
-It used to call :func:`neuralode.solve` once per row; it now steps Euler inline (the same steps).
+rows (PhysioNet: hundreds of rows per batch of 50 patients, most gaps a few minutes). It used to
+call :func:`neuralode.solve` once per row; it now steps Euler inline (the same steps). Compact vs
+union batches: ``bench_physionet_layout.py``.
 This script times one forward + backward pass of a PhysioNet-sized batch both ways, interleaved,
 and checks that both give the same loss. An epoch of set a's 3,200 training patients is 64 such
 batches, so the per-batch ratio is the epoch-time ratio.
@@ -25,13 +26,9 @@ from _common import environment, interleaved_medians, setup
 from neuralode.nn import irregular as I
 
 
-def _solve_per_row(func, h, dt, solver):
-    """The previous ``_evolve``: one ``neuralode.solve`` per gap."""
-    if dt <= 0:
-        return h, 0
-    t = torch.tensor([0.0, dt], dtype=h.dtype, device=h.device)
-    ys, nfe = I._solve(func, h, t, solver)
-    return ys[-1], nfe
+def _solve_per_row(func, h, dt, solver, n_steps=None):
+    """The previous way: one ``neuralode.solve`` per row (of the field rescaled to each patient's gap)."""
+    return I._solve_rows(func, h, dt, solver)
 
 
 def _batch(rows: int, batch: int, channels: int, density: float, seed: int = 0):
@@ -70,16 +67,16 @@ def epoch_times(n_patients: int, repeats: int, protocol: str) -> None:
 
     def epoch(evolve):
         def go():
-            saved = I._evolve
-            I._evolve = evolve
+            saved = I._evolve_rows
+            I._evolve_rows = evolve
             try:
                 E._train_epoch(full, opt, sched, data, config, run, 0, counter["epoch"], 0, None, [])
             finally:
-                I._evolve = saved
+                I._evolve_rows = saved
             counter["epoch"] += 1
         return go
 
-    res = interleaved_medians({"inline Euler": epoch(I._evolve), "solve per row": epoch(_solve_per_row)},
+    res = interleaved_medians({"inline Euler": epoch(I._evolve_rows), "solve per row": epoch(_solve_per_row)},
                               repeats, warmup=0)
     n_batches = math.ceil(len(data.train) / config.batch_size)
     print(f"physionet ODE-RNN, protocol {protocol}: one training epoch of {len(data.train)} patients "
@@ -113,19 +110,19 @@ def main() -> None:
 
     def step(evolve):
         def go():
-            saved = I._evolve
-            I._evolve = evolve
+            saved = I._evolve_rows
+            I._evolve_rows = evolve
             try:
                 out = model(times, values, mask)
                 loss = ((out.pred - values) ** 2 * mask).sum() / mask.sum()
                 model.zero_grad()
                 loss.backward()
             finally:
-                I._evolve = saved
+                I._evolve_rows = saved
             return float(loss.detach())
         return go
 
-    inline, per_row = step(I._evolve), step(_solve_per_row)
+    inline, per_row = step(I._evolve_rows), step(_solve_per_row)
     same = math.isclose(inline(), per_row(), rel_tol=1e-5)
     res = interleaved_medians({"inline Euler": inline, "solve per row": per_row}, repeats)
     print(f"ODE-RNN (hidden 50, field 50), batch {B} x {args.rows} grid rows x {C} channels, Euler max step 1/50; "

@@ -171,6 +171,10 @@ def test_unknown_model_and_encoder_are_rejected():
         I.build_model("lstm", C)
     with pytest.raises(ValueError, match="encoder must be"):
         I.LatentODE(C, encoder="cnn")
+    times, values, mask = _batch()
+    for encoder in (I.ODERNN(C, hidden=4, decoder=False), I.GRUDelta(C, hidden=4, decoder=False)):
+        with pytest.raises(ValueError, match="built with decoder=False"):
+            encoder(times, values, mask)
 
 
 def test_field_init_std_draws_every_weight_of_the_field_and_zeroes_the_biases():

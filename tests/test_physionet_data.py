@@ -8,6 +8,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 from neuralode.data import physionet as P
@@ -187,7 +188,7 @@ def test_normaliser_uses_training_patients_only():
             assert abs(x[train.param == c].mean()) < 1e-4
 
 
-def test_patients_average_repeats_on_the_rounded_grid_and_collate_on_the_union():
+def test_patients_average_repeats_on_the_rounded_grid_and_collate_on_own_times_or_the_union():
     data = P.PhysioNetSet(
         name="t", record_id=np.array([1, 2], np.int32), offsets=np.array([0, 3, 4]),
         t_minutes=np.array([0, 2, 62, 30], np.int16), param=np.array([14, 14, 14, 30], np.uint8),
@@ -201,11 +202,24 @@ def test_patients_average_repeats_on_the_rounded_grid_and_collate_on_the_union()
     assert p1.label == 1
     raw = P.to_patients(data, ident, round_hours=None)[0]
     assert len(raw.times) == 3
-    batch = P.collate([p1, p2])
+    batch = P.collate([p1, p2], "union")
     np.testing.assert_allclose(batch.times.numpy(), [0.0, 0.5, 1.0], atol=1e-6)
-    assert batch.values.shape == (2, 3, 37)
+    assert batch.layout == "union" and batch.values.shape == (2, 3, 37)
     assert batch.mask[0, :, 14].tolist() == [1, 0, 1] and batch.mask[1, :, 30].tolist() == [0, 1, 0]
     assert batch.mask.sum() == 3
+    assert batch.valid.tolist() == [[True, False, True], [False, True, False]]
+    assert batch.rows(0).tolist() == [0, 2] and batch.rows(1).tolist() == [1]
+    # compact (the default): each on its own times, the shorter padded by its last time, mask 0
+    comp = P.collate([p1, p2])
+    assert comp.layout == "compact" and comp.values.shape == (2, 2, 37)
+    np.testing.assert_allclose(comp.times.numpy(), [[0.0, 1.0], [0.5, 0.5]], atol=1e-6)
+    assert comp.mask[0, :, 14].tolist() == [1, 1] and comp.mask[1, :, 30].tolist() == [1, 0]
+    assert comp.mask.sum() == 3 and comp.valid.tolist() == [[True, True], [True, False]]
+    for b in range(2):  # the same entries, row for row
+        torch.testing.assert_close(comp.values[b, comp.rows(b)], batch.values[b, batch.rows(b)])
+        torch.testing.assert_close(comp.grid()[b, comp.rows(b)], batch.grid()[b, batch.rows(b)])
+    with pytest.raises(ValueError, match="layout must be one of"):
+        P.collate([p1], "ragged")
     with pytest.raises(ValueError, match="round_hours"):
         P.to_patients(data, ident, round_hours=0)
 
@@ -219,8 +233,10 @@ def test_a_stay_without_observations_is_kept_as_an_empty_patient():
     ident = P.Normaliser("minmax", np.zeros(37, np.float32), np.ones(37, np.float32), np.zeros(37, np.float32))
     empty, full = P.to_patients(data, ident)
     assert empty.times.shape == (0,) and empty.values.shape == (0, 37) and empty.label == 1
-    batch = P.collate([empty, full])
-    assert batch.values.shape == (2, 1, 37) and batch.mask[0].sum() == 0
+    for layout in P.LAYOUTS:
+        batch = P.collate([empty, full], layout)
+        assert batch.values.shape == (2, 1, 37) and batch.mask[0].sum() == 0 and not batch.valid[0].any()
+    assert P.collate([empty, full]).times.tolist() == [[0.0], [0.5]]  # an empty stay pads at t = 0
 
 
 # --------------------------------------------------------------------------- the real files

@@ -111,6 +111,36 @@ def test_rubanova_protocol_fills_the_fields_left_at_their_defaults():
         E.resolve(E.Config(protocol="theirs"))
 
 
+def test_the_run_records_and_resumes_the_resolved_config(tmp_path):
+    """config.json holds what ran (architecture "rubanova", the 1-minute grid), not the fields as
+    typed; resolving twice changes nothing, so a resume with the same command compares equal."""
+    import json
+
+    from neuralode.experiments import registry
+
+    seen = []
+
+    def fake_run(config, run):
+        seen.append(config)
+        return {"x": 1.0}
+
+    r = E.Config(protocol="rubanova").resolved()
+    assert (r.architecture, r.round_hours, r.layout) == ("rubanova", pytest.approx(1 / 60), "compact")
+    assert r.resolved() == r
+    registry.register("physionet-resolve-probe", config=E.Config, run=fake_run, description="test probe",
+                      in_demo=False)
+    try:
+        for resume in (False, True):
+            registry.run_experiment("physionet-resolve-probe", overrides=["protocol=rubanova", "epochs=2"],
+                                    out=tmp_path, resume=resume)
+            saved = json.loads((tmp_path / "config.json").read_text())["config"]
+            assert saved["architecture"] == "rubanova" and saved["optimizer"] == "adamax" and saved["epochs"] == 2
+            assert saved["round_hours"] == pytest.approx(1 / 60)
+        assert seen[0] == seen[1] == dataclasses.replace(r, epochs=2)
+    finally:
+        registry.unregister("physionet-resolve-probe")
+
+
 def test_learning_rate_decays_per_step_to_a_floor_of_a_tenth():
     model = torch.nn.Linear(2, 1)
     opt, sched = E._optimizer(model, E.resolve(E.Config(protocol="rubanova")))

@@ -19,8 +19,9 @@ Pipeline (each step is a plain function, so tests can drive any of them on their
 4. :func:`to_patients` - one dense ``(T_i, 37)`` value/mask pair per stay, time in hours,
    optionally rounded to a grid (Rubanova et al. use 0.1 h), repeated measurements at one
    (rounded) time averaged.
-5. :func:`collate` - a ragged batch on the union of its patients' observation times, as
-   Rubanova et al. do, so there is no padding beyond the union grid.
+5. :func:`collate` - a batch: by default each patient on its own observation times, padded to
+   the batch's longest patient (``"compact"``); or, as Rubanova et al. batch, every patient on
+   the union of the batch's times (``"union"``, ~15x more rows on the 1-minute grid).
 
 Record format (one file per stay)::
 
@@ -47,9 +48,12 @@ import os
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "PARAMS",
@@ -63,6 +67,7 @@ __all__ = [
     "Normaliser",
     "Patient",
     "Batch",
+    "LAYOUTS",
     "parse_record",
     "parse_archive",
     "parse_outcomes",
@@ -93,7 +98,7 @@ _BASE_URL = "https://physionet.org/files/challenge-2012/1.0.0/"
 #: sorted per-record files), not by their bytes: the copies in ``$NEURALODE_DATA/physionet2012``
 #: are repacked (sorted names, fixed mtimes) with the official records unchanged, so a byte digest
 #: of either packing would refuse the other. The outcome files are plain text, pinned by bytes.
-FILES: dict[str, tuple[str, str, str]] = {
+FILES: dict[str, tuple[str, str, Literal["file", "gunzipped", "tar-members"]]] = {
     "set-a.tar.gz": (
         _BASE_URL + "set-a.tar.gz",
         "6565136eee900c2ac6b4a43af48c9b52800ff9fc4fe84ac1ebb3007c206bb113",
@@ -428,8 +433,9 @@ def load_set(
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
+        payload: dict[str, Any] = dict(arrays)  # (numpy's stub would match an array to allow_pickle)
         with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+            np.savez(fh, **payload)
         os.replace(tmp, cached)
     return _assemble(which, arrays)
 
@@ -461,16 +467,16 @@ def split_patients(
     The order depends only on the record IDs and ``seed`` (not on the order of ``record_ids``):
     the IDs are sorted, permuted by ``numpy.random.default_rng(seed)``, and cut by ``fractions``.
     """
-    fractions = tuple(float(f) for f in fractions)
-    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
-        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {fractions}")
+    parts = tuple(float(f) for f in fractions)
+    if len(parts) != 3 or min(parts) < 0 or abs(sum(parts) - 1) > 1e-6:
+        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {parts}")
     ids = np.asarray(record_ids)
     if len(np.unique(ids)) != len(ids):
         raise ValueError("record_ids must be unique")
     by_id = np.argsort(ids, kind="stable")
     perm = by_id[np.random.default_rng(seed).permutation(len(ids))]
-    n_train = int(round(fractions[0] * len(ids)))
-    n_val = int(round(fractions[1] * len(ids)))
+    n_train = int(round(parts[0] * len(ids)))
+    n_val = int(round(parts[1] * len(ids)))
     return Split(
         train=np.sort(perm[:n_train]),
         val=np.sort(perm[n_train : n_train + n_val]),
@@ -580,44 +586,90 @@ def to_patients(
     return out
 
 
+LAYOUTS = ("compact", "union")
+
+
 @dataclass
 class Batch:
-    """Patients on the union of their observation times (Rubanova et al.'s batching).
+    """A batch of patients, in one of two layouts (:func:`collate`).
 
-    ``times`` (T,) hours, increasing; ``values``/``mask`` (B, T, 37); ``labels`` (B,).
+    - ``"compact"`` (default): each patient on its own observation times, padded to the batch's
+      longest patient - ``times`` (B, T) hours, row ``i`` of patient ``b`` at ``times[b, i]``; a
+      padding row repeats the patient's last time (0 for a stay without observations) and has
+      ``mask`` 0, so that it is a zero gap without input.
+    - ``"union"``: every patient on the union of the batch's observation times (Rubanova et
+      al.'s batching) - ``times`` (T,); entries a patient lacks have ``mask`` 0.
+
+    ``values``/``mask`` (B, T, C); ``labels`` (B,); ``valid`` (B, T) bool: the row is one of the
+    patient's own observation times (compact: its first ``len(p.times)`` rows; union: the rows at
+    its times). Models read ``times`` of either shape (:mod:`neuralode.nn.irregular`).
     """
 
-    times: "torch.Tensor"  # noqa: F821
-    values: "torch.Tensor"  # noqa: F821
-    mask: "torch.Tensor"  # noqa: F821
-    labels: "torch.Tensor"  # noqa: F821
+    times: torch.Tensor
+    values: torch.Tensor
+    mask: torch.Tensor
+    labels: torch.Tensor
     record_ids: np.ndarray
+    valid: torch.Tensor
 
-    def to(self, device) -> Batch:
+    @property
+    def layout(self) -> str:
+        return "union" if self.times.dim() == 1 else "compact"
+
+    def grid(self) -> torch.Tensor:
+        """Every patient's row times, (B, T) in either layout."""
+        return self.times.expand(self.values.shape[:2]) if self.times.dim() == 1 else self.times
+
+    def rows(self, b: int) -> np.ndarray:
+        """Row indices of patient ``b``'s own observation times, in time order."""
+        return np.flatnonzero(self.valid[b].cpu().numpy())
+
+    def to(self, device: torch.device | str) -> Batch:
         return Batch(
             self.times.to(device), self.values.to(device), self.mask.to(device),
-            self.labels.to(device), self.record_ids,
+            self.labels.to(device), self.record_ids, self.valid.to(device),
         )  # fmt: skip
 
 
-def collate(patients: Sequence[Patient]) -> Batch:
-    """Stack patients on the union of their times; entries a patient lacks have mask 0."""
+def collate(patients: Sequence[Patient], layout: str = "compact") -> Batch:
+    """Stack patients into a :class:`Batch`: ``"compact"`` - each on its own times, padded to the
+    longest (rows ``max_b len(p.times)``); ``"union"`` - on the union of their times.
+
+    At PhysioNet's 1-minute grid a patient has 74 rows on average (at most 202), while the union
+    of 50 random patients has about 2,100: compact batching scans ~15x fewer rows.
+    """
     import torch
 
     if not patients:
         raise ValueError("collate needs at least one patient")
-    times = np.unique(np.concatenate([p.times for p in patients]))
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     n_ch = patients[0].values.shape[1]
-    values = np.zeros((len(patients), len(times), n_ch), dtype=np.float32)
+    if layout == "union":
+        times = np.unique(np.concatenate([p.times for p in patients])).astype(np.float32)
+        T = len(times)
+    else:
+        T = max(len(p.times) for p in patients)
+        times = np.zeros((len(patients), T), dtype=np.float32)
+    values = np.zeros((len(patients), T, n_ch), dtype=np.float32)
     mask = np.zeros_like(values)
+    valid = np.zeros((len(patients), T), dtype=bool)
     for b, p in enumerate(patients):
-        rows = np.searchsorted(times, p.times)
+        n = len(p.times)
+        if layout == "union":
+            rows = np.searchsorted(times, p.times)
+        else:
+            rows = np.arange(n)
+            times[b, :n] = p.times
+            times[b, n:] = p.times[-1] if n else 0.0  # padding: a zero gap at the last time
         values[b, rows] = p.values
         mask[b, rows] = p.mask
+        valid[b, rows] = True
     return Batch(
-        times=torch.from_numpy(times.astype(np.float32)),
+        times=torch.from_numpy(times),
         values=torch.from_numpy(values),
         mask=torch.from_numpy(mask),
         labels=torch.tensor([p.label for p in patients], dtype=torch.float32),
         record_ids=np.array([p.record_id for p in patients]),
+        valid=torch.from_numpy(valid),
     )

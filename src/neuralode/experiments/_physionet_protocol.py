@@ -116,7 +116,7 @@ def bootstrap_auc_ci(y, p, level: float = 0.95, n_boot: int = 1000, seed: int = 
     """Percentile bootstrap interval of the AUC over patients (resamples without both classes are redrawn)."""
     y, p = np.asarray(y).astype(int), np.asarray(p, dtype=np.float64)
     rng = np.random.default_rng(seed)
-    aucs = []
+    aucs: list[float] = []
     while len(aucs) < n_boot:
         idx = rng.integers(len(y), size=len(y))
         if 0 < y[idx].sum() < len(idx):

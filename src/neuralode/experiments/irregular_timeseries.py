@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -220,6 +220,11 @@ def _report(run, config: Config, rows: list[dict]) -> None:
     run.write_report("\n".join(lines))
 
 
+def _gap(pct: int) -> Callable[[Mapping[str, Any]], float]:
+    """The headline value "best ODE minus best RNN accuracy" at ``pct``% dropped."""
+    return lambda m: m[f"best_ode_acc_{pct}"] - m[f"best_rnn_acc_{pct}"]
+
+
 def _declare_headlines() -> None:
     from neuralode.report.headlines import Headline, declare
 
@@ -227,7 +232,7 @@ def _declare_headlines() -> None:
     for pct in (30, 50):
         heads.append(Headline(f"ode_minus_rnn_acc_{pct}", f"best ODE model - best RNN accuracy, {pct}% dropped (pts)",
                               0.0, "at_least", scale=100, source="Rubanova et al.'s claim: ODE models >= RNNs",
-                              value=lambda m, p=pct: m[f"best_ode_acc_{p}"] - m[f"best_rnn_acc_{p}"]))
+                              value=_gap(pct)))
         heads.append(Headline(f"best_ode_acc_{pct}", f"best ODE model test accuracy, {pct}% dropped (%)", goal="info",
                               scale=100))
     declare("irregular-timeseries", *heads)

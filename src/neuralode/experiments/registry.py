@@ -253,7 +253,10 @@ def run_experiment(
 ) -> RunOutcome:
     """Resolve the config, run experiment ``name`` in its folder, write result.json.
 
-    ``config`` (a ready config instance) takes the place of quick/overrides when given.
+    ``config`` (a ready config instance) takes the place of quick/overrides when given. A config
+    with a ``resolved()`` method (one that fills fields from a named protocol, as physionet's
+    ``protocol="rubanova"``) is replaced by what it returns before the run starts, so that
+    config.json records, and a resume compares, the settings that actually run.
     On ``KeyboardInterrupt`` the status is recorded as ``interrupted`` and the exception
     propagates; on any other exception as ``failed`` with the error, and it propagates too.
     """
@@ -263,6 +266,9 @@ def run_experiment(
 
     exp = get(name)
     cfg = config if config is not None else make_config(exp.config, quick=quick, overrides=overrides)
+    resolved = getattr(cfg, "resolved", None)
+    if callable(resolved):  # a config that fills fields from a named protocol: record and run what actually runs
+        cfg = resolved()
     run_dir = Path(out) if out is not None else default_run_dir(name, resume=resume)
     run = Run(run_dir, experiment=name, config=cfg, seed=seed, quick=quick, device=device, resume=resume)
     if resume and run.is_main:

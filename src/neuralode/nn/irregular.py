@@ -13,9 +13,12 @@ The model set of Rubanova, Chen & Duvenaud, "Latent ODEs for Irregularly-Sampled
   masked Gaussian likelihood and the KL divergence to the N(0, I) prior.
 - :class:`ClassifierHead` - an MLP on a model's final state (in-hospital mortality).
 
-Every model takes a batch on a shared time grid (the union of the batch's observation times)::
+Every model takes a batch either on each patient's own time grid (``times`` (B, T): patient ``b``'s
+row ``i`` at ``times[b, i]``, shorter patients padded by repeating their last time with mask 0 -
+:func:`neuralode.data.physionet.collate`'s default ``"compact"`` layout) or on one grid shared by
+the batch (``times`` (T,), e.g. the union of the patients' times, Rubanova et al.'s batching)::
 
-    out = model(times, values, mask)      # times (T,) hours; values, mask (B, T, C)
+    out = model(times, values, mask)      # times (T,) or (B, T) hours; values, mask (B, T, C)
     out.pred    # (B, T, C) prediction of every entry from information *before* its row
                 #   (sequence models) or from the latent trajectory (latent ODE)
     out.state   # (B, H) final state, input of the classifier head
@@ -24,16 +27,25 @@ Every model takes a batch on a shared time grid (the union of the batch's observ
 
 The sequence models predict row ``i`` from the state just before the observation at row ``i`` is
 read, so their predictions of held-out rows never see those rows. Rows where ``mask`` is all
-zero for a patient leave that patient's state untouched (no update), which is how held-out and
-future rows are handled. Between rows, the ODE models integrate with :func:`neuralode.solve`;
-time is multiplied by ``time_scale`` (default 1/48: 48 h -> 1) before it reaches the solver.
+zero for a patient leave that patient's state untouched (no update), which is how held-out,
+future and padding rows are handled. Every gap is the patient's own: between rows the ODE
+models carry each patient's state over its own gap (Euler inline with per-patient step sizes,
+other methods by one :func:`neuralode.solve` of the field rescaled to each patient's gap), a zero
+gap (a padding row) changes nothing, and a patient's state starts moving at its first observed
+row (before it the state is 0), so a patient's outputs do not depend on its batch-mates' times.
+Time is multiplied by ``time_scale`` (default 1/48: 48 h -> 1) before it reaches the solver.
+
+Both layouts give the RNN models (GRU-Δt, GRU-D) the same predictions at a patient's observed
+entries and the same final state (their Δt's run from time 0 or the patient's last observation,
+never from the batch's grid); the ODE models' Euler steps follow each patient's own gaps, so on
+the union grid a gap split at a batch-mate's time takes different (smaller) steps.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Union, cast
 
 import torch
 from torch import Tensor, nn
@@ -53,6 +65,7 @@ __all__ = [
     "masked_gaussian_nll",
     "build_model",
     "MODEL_NAMES",
+    "IrregularModel",
 ]
 
 
@@ -106,7 +119,7 @@ def _solve(func: nn.Module, y0: Tensor, t: Tensor, solver: SolverConfig) -> tupl
         sol = neuralode.solve(
             func, y0, t, method=solver.method, rtol=solver.rtol, atol=solver.atol, gradient="direct"
         )
-    return sol.ys, int(sol.stats.nfe)
+    return cast(Tensor, sol.ys), int(sol.stats.nfe)  # a tensor y0 gives stacked tensor states
 
 
 class ODEFunc(nn.Module):
@@ -135,31 +148,94 @@ class ODEFunc(nn.Module):
             nn.init.normal_(last.weight, std=1e-2)
             nn.init.zeros_(last.bias)
 
+    @property
+    def output_layer(self) -> nn.Linear:
+        """The last linear layer (zero it for a field that is 0 everywhere)."""
+        return cast(nn.Linear, self.net[-1])  # built so in __init__
+
     def forward(self, t: Tensor, h: Tensor) -> Tensor:
         return self.net(h)
 
 
-def _evolve(func: nn.Module, h: Tensor, dt: float, solver: SolverConfig) -> tuple[Tensor, int]:
-    """``h`` carried over a gap of (scaled) length ``dt`` by ``solver``; returns (h, nfe).
+def _euler_steps(dt: Tensor, max_step: float) -> Tensor:
+    """Per-patient Euler step counts for gaps ``dt`` (any shape, >= 0): ``ceil(dt / max_step)``,
+    at least one for a positive gap, none for a zero gap."""
+    n = torch.ceil(dt / max_step - 1e-9).clamp_min(1)
+    return torch.where(dt > 0, n, torch.zeros_like(n)).long()
 
-    Euler is stepped inline - ``ceil(dt / max_step)`` equal steps ``h += step * f(h)``, one step
-    for a gap shorter than ``max_step`` (Rubanova et al.'s ``run_odernn`` does the same for small
-    gaps) - the very steps :func:`neuralode.solve` would take, without a solve's set-up per row:
-    the ODE-RNN meets one gap per grid row, hundreds per batch, most of them tiny. Other methods
-    go through :func:`neuralode.solve`.
+
+class _Rescaled:
+    """``dh/ds = dt_b * f(h)`` for ``s`` in [0, 1]: patient ``b``'s gap of length ``dt_b`` as one
+    unit interval, so that one solve carries every patient over its own gap (autonomous fields)."""
+
+    def __init__(self, func: nn.Module, dt: Tensor):
+        self.func, self.dt = func, dt.unsqueeze(-1)
+
+    def __call__(self, s: Tensor, h: Tensor) -> Tensor:
+        return self.dt * self.func(s, h)
+
+
+def _evolve_rows(func: nn.Module, h: Tensor, dt: Tensor, solver: SolverConfig,
+                 n_steps: Tensor | None = None) -> tuple[Tensor, int]:
+    """Each patient's state ``h[b]`` (B, H) carried over its own gap ``dt[b] >= 0`` (scaled time);
+    returns (h, NFE). A zero gap leaves the row exactly as it is.
+
+    Euler is stepped inline: patient ``b`` takes ``n_b = ceil(dt_b / max_step)`` equal steps
+    ``h += (dt_b / n_b) f(h)`` - one step for a gap shorter than ``max_step``, as Rubanova et al.'s
+    ``run_odernn`` does for small gaps - the very steps :func:`neuralode.solve` would take for that
+    patient alone, without a solve's set-up per row (the ODE-RNN meets one gap per row). The field
+    is evaluated ``max_b n_b`` times on the whole batch; a patient whose steps are done keeps its
+    state. ``n_steps`` (B,) may pass the counts in when already computed. Other methods: one
+    :func:`neuralode.solve` of :class:`_Rescaled` over [0, 1] (fixed-step methods with
+    ``ceil(max_b dt_b / max_step)`` steps, i.e. steps ``dt_b / n`` of at most ``max_step``).
     """
-    if dt <= 0:
-        return h, 0
     if solver.method == "euler":
-        n = max(1, math.ceil(dt / solver.max_step - 1e-9))
-        step = dt / n
+        n = _euler_steps(dt, solver.max_step) if n_steps is None else n_steps
+        n_max = int(n.max()) if n.numel() else 0
+        if n_max == 0:
+            return h, 0
+        step = (dt / n.clamp_min(1)).to(h.dtype).unsqueeze(-1)
         t = h.new_zeros(())
-        for _ in range(n):
-            h = h + step * func(t, h)
-        return h, n
-    t = torch.tensor([0.0, dt], dtype=h.dtype, device=h.device)
-    ys, nfe = _solve(func, h, t, solver)
-    return ys[-1], nfe
+        uniform = bool((n == n_max).all())
+        for k in range(n_max):
+            moved = h + step * func(t, h)
+            h = moved if uniform else torch.where((n > k).unsqueeze(-1), moved, h)
+        return h, n_max
+    return _solve_rows(func, h, dt, solver)
+
+
+def _solve_rows(func: nn.Module, h: Tensor, dt: Tensor, solver: SolverConfig) -> tuple[Tensor, int]:
+    """:func:`_evolve_rows` by one :func:`neuralode.solve` of :class:`_Rescaled` (any method)."""
+    span = float(dt.max()) if dt.numel() else 0.0
+    if span <= 0:
+        return h, 0
+    import neuralode
+
+    g = _Rescaled(func, dt.to(h.dtype))
+    unit = torch.tensor([0.0, 1.0], dtype=h.dtype, device=h.device)
+    if solver.fixed:
+        n = max(1, math.ceil(span / solver.max_step - 1e-9))
+        sol = neuralode.solve(g, h, unit, method=solver.method, options={"step_size": 1.0 / n}, gradient="direct")
+    else:
+        sol = neuralode.solve(g, h, unit, method=solver.method, rtol=solver.rtol, atol=solver.atol,
+                              gradient="direct")
+    return cast(Tensor, sol.ys)[-1], int(sol.stats.nfe)  # a tensor y0 gives stacked tensor states
+
+
+def _evolve(func: nn.Module, h: Tensor, dt: float, solver: SolverConfig) -> tuple[Tensor, int]:
+    """``h`` carried over one gap of (scaled) length ``dt`` shared by every row (:func:`_evolve_rows`)."""
+    return _evolve_rows(func, h, h.new_full(h.shape[:1], max(float(dt), 0.0)), solver)
+
+
+def _row_times(times: Tensor, values: Tensor) -> Tensor:
+    """The (B, T) row times of a batch whose ``times`` are shared (T,) or per patient (B, T)."""
+    B, T = values.shape[:2]
+    if times.dim() == 1 and times.shape[0] == T:
+        return times.unsqueeze(0).expand(B, T)
+    if times.dim() == 2 and tuple(times.shape) == (B, T):
+        return times
+    raise ValueError(f"times must have shape (T,) = ({T},) or (B, T) = ({B}, {T}) for values of shape "
+                     f"{tuple(values.shape)}, got {tuple(times.shape)}")
 
 
 def _row_observed(mask_row: Tensor) -> Tensor:
@@ -190,6 +266,13 @@ def _shifted(decoder: nn.Module, after: Tensor, values: Tensor, mask: Tensor) ->
     row itself, so that it counts as error 0 in their losses and MSE."""
     first = (values[:, :1] * mask[:, :1]).to(after.dtype)
     return torch.cat([first, decoder(after[:, :-1])], 1)
+
+
+def _need_decoder(decoder: nn.Module | None, model: nn.Module) -> nn.Module:
+    if decoder is None:
+        raise ValueError(f"this {type(model).__name__} was built with decoder=False (an encoder): it has no "
+                         "predictions; call scan() / run() for its states, or build it with decoder=True")
+    return decoder
 
 
 PREDICTIONS = ("before", "shifted")
@@ -279,24 +362,35 @@ class ODERNN(nn.Module):
         else:
             self.cell = RubanovaGRUUnit(hidden, 2 * n_channels, gru_units)
         self.decoder = _decoder(hidden, n_channels, decoder_hidden) if decoder else None  # None: encoder use only
-        if decoder and cell == "rubanova":
+        if self.decoder is not None and cell == "rubanova":
             init_normal_(self.decoder)
 
     def scan(self, times: Tensor, values: Tensor, mask: Tensor, reverse: bool = False) -> _Scan:
         """Walk the rows (last to first if ``reverse``, then evolve back to time 0): the states
         before and after each row's update (B, T, H, in time order), the final mean and std (the
-        std stays 0 for ``cell="gru"``), and the NFE."""
+        std stays 0 for ``cell="gru"``), and the NFE.
+
+        ``times`` (T,) or (B, T). Each patient's state is 0 until its first observed row (in scan
+        order) and from then on carried over the patient's own gaps (:func:`_evolve_rows`).
+        """
         B, T, _ = values.shape
         h = values.new_zeros(B, self.hidden)
         s = values.new_zeros(B, self.hidden)
-        order = range(T - 1, -1, -1) if reverse else range(T)
-        tl = (times * self.time_scale).tolist()
+        order = list(range(T - 1, -1, -1)) if reverse else list(range(T))
+        ts = _row_times(times, values)[:, order] * self.time_scale  # (B, T) in scan order
+        obs = (mask.sum(-1) > 0)[:, order]
+        seen = torch.cumsum(obs.long(), 1) > 0  # the patient's state has started at or before this row
+        gaps = torch.zeros_like(ts)
+        gaps[:, 1:] = (ts[:, 1:] - ts[:, :-1]).abs() * seen[:, :-1]  # no motion before the first observation
+        gaps = gaps.to(h.dtype)
+        euler = self.solver.method == "euler"
+        steps = _euler_steps(gaps, self.solver.max_step) if euler else None
         before: list[Tensor] = []
         after: list[Tensor] = []
-        nfe, prev = 0, None
-        for i in order:
-            if prev is not None:
-                h, n = _evolve(self.func, h, abs(tl[i] - tl[prev]), self.solver)
+        nfe = 0
+        for j, i in enumerate(order):
+            if j > 0:
+                h, n = _evolve_rows(self.func, h, gaps[:, j], self.solver, None if steps is None else steps[:, j])
                 nfe += n
             before.append(h)
             m = mask[:, i]
@@ -306,11 +400,11 @@ class ODERNN(nn.Module):
             else:
                 h, s = self.cell(h, s, x, m)
             after.append(h)
-            prev = i
         if reverse:
             before.reverse()
             after.reverse()
-            h, n = _evolve(self.func, h, tl[0], self.solver)  # back to t = 0
+            back = (ts[:, -1].abs() * seen[:, -1]).to(h.dtype)  # from row 0's time back to t = 0
+            h, n = _evolve_rows(self.func, h, back, self.solver)
             nfe += n
         return _Scan(torch.stack(before, 1), torch.stack(after, 1), h, s, nfe)
 
@@ -324,11 +418,12 @@ class ODERNN(nn.Module):
         return sc.before, sc.h, sc.nfe
 
     def forward(self, times: Tensor, values: Tensor, mask: Tensor) -> ModelOutput:
+        decoder = _need_decoder(self.decoder, self)
         sc = self.scan(times, values, mask)
         zero = values.new_zeros(values.shape[0])
         if self.predict == "shifted":
-            return ModelOutput(_shifted(self.decoder, sc.after, values, mask), sc.h, zero, sc.nfe)
-        return ModelOutput(self.decoder(sc.before), sc.h, zero, sc.nfe)
+            return ModelOutput(_shifted(decoder, sc.after, values, mask), sc.h, zero, sc.nfe)
+        return ModelOutput(decoder(sc.before), sc.h, zero, sc.nfe)
 
 
 class GRUDelta(nn.Module):
@@ -349,7 +444,7 @@ class GRUDelta(nn.Module):
         self.cell = nn.GRUCell(2 * n_channels + 1, hidden)
         extra = 1 if self.predict == "before" else 0  # the "before" decoder also reads the gap
         self.decoder = _decoder(hidden + extra, n_channels, decoder_hidden) if decoder else None
-        if decoder and self.predict == "shifted":
+        if self.decoder is not None and self.predict == "shifted":
             init_normal_(self.decoder)
 
     def run(self, times: Tensor, values: Tensor, mask: Tensor, reverse: bool = False,
@@ -358,17 +453,22 @@ class GRUDelta(nn.Module):
         row's update are appended to ``afters`` when given (forward order only)."""
         B, T, _ = values.shape
         h = values.new_zeros(B, self.hidden)
-        ts = times * self.time_scale
-        last = (ts[-1] if reverse else ts[0]).expand(B).unsqueeze(-1)
+        ts = _row_times(times, values) * self.time_scale
+        if reverse:  # Δt from the patient's last observation (0 at the first row read)
+            rows = torch.arange(T, device=ts.device).expand(B, T)
+            last_row = torch.where(mask.sum(-1) > 0, rows, torch.full_like(rows, -1)).amax(1)
+            last = ts.gather(1, last_row.clamp_min(0).unsqueeze(-1))
+        else:  # Δt from time 0 (admission) up to the first observation
+            last = ts.new_zeros(B, 1)
         order = range(T - 1, -1, -1) if reverse else range(T)
         feats: list[Tensor] = []
         for i in order:
-            dt = (ts[i] - last).abs()
+            dt = (ts[:, i:i + 1] - last).abs()
             feats.append(torch.cat([h, dt], -1))
             m = mask[:, i]
             obs = _row_observed(m)
             h = torch.where(obs, self.cell(torch.cat([values[:, i] * m, m, dt], -1), h), h)
-            last = torch.where(obs, ts[i].expand(B, 1), last)
+            last = torch.where(obs, ts[:, i:i + 1], last)
             if afters is not None:
                 afters.append(h)
         if reverse:
@@ -376,16 +476,18 @@ class GRUDelta(nn.Module):
         return torch.stack(feats, 1), h
 
     def forward(self, times: Tensor, values: Tensor, mask: Tensor) -> ModelOutput:
+        decoder = _need_decoder(self.decoder, self)
         zero = values.new_zeros(values.shape[0])
         if self.predict == "shifted":
             afters: list[Tensor] = []
             _, h = self.run(times, values, mask, afters=afters)
-            return ModelOutput(_shifted(self.decoder, torch.stack(afters, 1), values, mask), h, zero, 0)
+            return ModelOutput(_shifted(decoder, torch.stack(afters, 1), values, mask), h, zero, 0)
         feats, h = self.run(times, values, mask)
-        return ModelOutput(self.decoder(feats), h, zero, 0)
+        return ModelOutput(decoder(feats), h, zero, 0)
 
 
 class GRUDecay(nn.Module):
+    x_mean: Tensor  # a buffer
     """RNN-decay / GRU-D (Che et al., "Recurrent Neural Networks for Multivariate Time Series
     with Missing Values", Sci. Rep. 2018).
 
@@ -417,13 +519,13 @@ class GRUDecay(nn.Module):
     def forward(self, times: Tensor, values: Tensor, mask: Tensor) -> ModelOutput:
         B, T, C = values.shape
         h = values.new_zeros(B, self.hidden)
-        ts = times * self.time_scale
+        ts = _row_times(times, values) * self.time_scale
         x_last = self.x_mean.expand(B, C)
-        t_last = ts[0].expand(B, C)
+        t_last = ts.new_zeros(B, C)  # δ runs from time 0 (admission) until a channel's first observation
         before: list[Tensor] = []
         after: list[Tensor] = []
         for i in range(T):
-            delta = ts[i] - t_last
+            delta = ts[:, i:i + 1] - t_last
             h_dec = torch.exp(-torch.relu(self.decay_h(delta))) * h
             before.append(h_dec)
             m = mask[:, i]
@@ -432,7 +534,7 @@ class GRUDecay(nn.Module):
             h = torch.where(_row_observed(m), self.cell(torch.cat([x_hat, m], -1), h_dec), h)
             after.append(h)
             x_last = torch.where(m > 0, values[:, i], x_last)
-            t_last = torch.where(m > 0, ts[i].expand(B, C), t_last)
+            t_last = torch.where(m > 0, ts[:, i:i + 1].expand(B, C), t_last)
         if self.predict == "shifted":
             return ModelOutput(_shifted(self.decoder, torch.stack(after, 1), values, mask), h, values.new_zeros(B), 0)
         return ModelOutput(self.decoder(torch.stack(before, 1)), h, values.new_zeros(B), 0)
@@ -477,11 +579,12 @@ class LatentODE(nn.Module):
         self.state_dim = latent
         rub = heads == "rubanova"
         if encoder == "odernn":
-            self.encoder: nn.Module = ODERNN(n_channels, rec_hidden, units, enc_solver, time_scale, decoder=False,
+            self.encoder: ODERNN | GRUDelta = ODERNN(n_channels, rec_hidden, units, enc_solver, time_scale, decoder=False,
                                              field_layers=enc_layers, field_init_std=field_init_std,
                                              cell="rubanova" if rub else "gru", gru_units=gru_units)
         else:
             self.encoder = GRUDelta(n_channels, rec_hidden, time_scale, decoder=False)
+        self.to_z0: nn.Module
         if not rub:
             self.to_z0 = nn.Sequential(nn.Linear(rec_hidden, units), nn.Tanh(), nn.Linear(units, 2 * latent))
         elif encoder == "odernn":
@@ -499,8 +602,8 @@ class LatentODE(nn.Module):
         """Posterior mean and std of z0 from the rows up to the last observed one."""
         rows = torch.nonzero(mask.sum((0, 2)) > 0).flatten()
         last = int(rows[-1]) + 1 if len(rows) else 1
-        times, values, mask = times[:last], values[:, :last], mask[:, :last]
-        if self.encoder_kind == "odernn":
+        times, values, mask = times[..., :last], values[:, :last], mask[:, :last]
+        if isinstance(self.encoder, ODERNN):
             sc = self.encoder.scan(times, values, mask, reverse=True)
             h, nfe = (torch.cat([sc.h, sc.s], -1) if self.heads == "rubanova" else sc.h), sc.nfe
         else:
@@ -512,18 +615,30 @@ class LatentODE(nn.Module):
         return mean, nn.functional.softplus(raw_std) + 1e-4, nfe
 
     def decode(self, z0: Tensor, times: Tensor) -> tuple[Tensor, int]:
-        """Channels (B, T, C) at ``times`` (hours, increasing) from z0 at t = 0."""
+        """Channels (N, T, C) at ``times`` from ``z0`` (N, L) at t = 0: ``times`` (T,) shared, or
+        (N, T) per trajectory (each row non-decreasing, hours).
+
+        One solve from t = 0 over the sorted union of the times (the dense output of an adaptive
+        method places every output inside its steps), then each trajectory's rows gathered - so a
+        row's prediction does not depend on which other times the batch holds, up to the solver's
+        tolerance (adaptive) or grid (fixed-step methods step from output to output).
+        """
+        N = z0.shape[0]
         ts = times * self.time_scale
-        start = ts.new_zeros(1)
-        if float(ts[0]) > 0:
-            grid = torch.cat([start, ts])
-            zs, nfe = _solve(self.func, z0, grid, self.dec_solver)
-            zs = zs[1:]
-        elif len(ts) > 1:
-            zs, nfe = _solve(self.func, z0, ts, self.dec_solver)
+        if ts.dim() == 1:
+            ts = ts.unsqueeze(0).expand(N, -1)
+        elif ts.shape[0] != N:
+            raise ValueError(f"times must be (T,) or (N, T) with N = {N} trajectories, got {tuple(times.shape)}")
+        grid, index = torch.unique(ts.detach().flatten(), sorted=True, return_inverse=True)
+        if float(grid[0]) > 0:
+            grid, index = torch.cat([grid.new_zeros(1), grid]), index + 1
+        if len(grid) > 1:
+            zs, nfe = _solve(self.func, z0, grid, self.dec_solver)  # (G, N, L)
         else:
             zs, nfe = z0.unsqueeze(0), 0
-        return self.decoder(zs.transpose(0, 1)), nfe
+        rows = torch.arange(N, device=z0.device).unsqueeze(-1)
+        z = zs[index.view(ts.shape), rows]  # (N, T, L)
+        return self.decoder(z), nfe
 
     def forward(self, times: Tensor, values: Tensor, mask: Tensor) -> ModelOutput:
         mean, std, nfe_enc = self.encode(times, values, mask)
@@ -571,6 +686,9 @@ def masked_gaussian_nll(pred: Tensor, target: Tensor, mask: Tensor, std: float) 
     return sq / (2 * std**2) / n.clamp_min(1)
 
 
+#: What :func:`build_model` returns.
+IrregularModel = Union["GRUDelta", "GRUDecay", "ODERNN", "LatentODE"]
+
 MODEL_NAMES = ("gru_dt", "gru_decay", "ode_rnn", "latent_ode_rnn", "latent_ode_odernn")
 
 
@@ -578,7 +696,7 @@ def build_model(name: str, n_channels: int, *, hidden: int = 50, latent: int = 2
                 units: int = 50, enc_solver: SolverConfig = SolverConfig(),
                 dec_solver: SolverConfig = SolverConfig("dopri5"), time_scale: float = 1 / 48,
                 enc_layers: int = 2, dec_layers: int = 3, field_init_std: float | None = None,
-                rubanova: bool = False, gru_units: int = 100) -> nn.Module:
+                rubanova: bool = False, gru_units: int = 100) -> IrregularModel:
     """One of :data:`MODEL_NAMES` with its sizes (``enc_layers``: the ODE-RNN's field, also as an
     encoder; ``dec_layers``: the latent ODE's field; ``field_init_std``: their initialisation).
 
@@ -587,15 +705,15 @@ def build_model(name: str, n_channels: int, *, hidden: int = 50, latent: int = 2
     decoder with one tanh layer of 100; the RNN baselines with a decoder with one tanh layer of
     ``units``; all three predicting ``"shifted"`` (their ``shift_outputs``); the latent ODEs with
     their z0 heads (``heads="rubanova"``)."""
-    seq = dict(predict="shifted", decoder_hidden=units) if rubanova else {}
+    predict, decoder_hidden = ("shifted", units) if rubanova else ("before", 0)
     if name == "gru_dt":
-        return GRUDelta(n_channels, hidden, time_scale, **seq)
+        return GRUDelta(n_channels, hidden, time_scale, decoder_hidden=decoder_hidden, predict=predict)
     if name == "gru_decay":
-        return GRUDecay(n_channels, hidden, time_scale, **seq)
+        return GRUDecay(n_channels, hidden, time_scale, decoder_hidden=decoder_hidden, predict=predict)
     if name == "ode_rnn":
-        ode = dict(cell="rubanova", gru_units=gru_units, decoder_hidden=100, predict="shifted") if rubanova else {}
         return ODERNN(n_channels, hidden, units, enc_solver, time_scale, field_layers=enc_layers,
-                      field_init_std=field_init_std, **ode)
+                      field_init_std=field_init_std, cell="rubanova" if rubanova else "gru", gru_units=gru_units,
+                      decoder_hidden=100 if rubanova else 0, predict=predict)
     if name in ("latent_ode_rnn", "latent_ode_odernn"):
         return LatentODE(n_channels, "rnn" if name == "latent_ode_rnn" else "odernn", latent, rec_hidden, units,
                          enc_solver, dec_solver, time_scale, enc_layers=enc_layers, dec_layers=dec_layers,
