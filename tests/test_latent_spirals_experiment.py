@@ -196,3 +196,22 @@ def test_quick_experiment_beats_the_mean_trajectory_and_the_papers_rnn(tmp_path)
     assert "Chen et al., Table 2" in report and "mean training trajectory" in report
     figures = {p.name for p in (run_dir / "figures").iterdir()}
     assert {"spirals.png", "rmse.png", "loss.png"} <= figures
+
+
+def test_checkpoints_from_before_the_seeds_setting_name_the_runs_seed():
+    assert E._legacy_key("latent_ode", 3) == "latent_ode#3"  # a model finished by a single-seed run of --seed 3
+    assert E._legacy_key("rnn_paper#1", 3) == "rnn_paper#1" and E._legacy_key("", 3) == ""
+
+
+def test_latent_iters_sets_the_latent_odes_steps_and_its_warm_up_while_the_rnns_keep_iters(tmp_path):
+    config = dataclasses.replace(_tiny(), models=("latent_ode", "rnn_paper"), iters=2, latent_iters=5, checkpoint_every=50)
+    assert E._horizon(dataclasses.replace(config, horizon_warmup=0.5, horizon_start=0.2), 1, 5.0) == pytest.approx(
+        5.0 * (0.2 + 0.8 * 1 / 2.5))  # the warm-up spans half of the latent ODE's 5 steps, not of iters
+    with Run(tmp_path, config=config, seed=0) as run:
+        run.start()
+        m = E.run(config, run)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = {name: max(r["step"] for r in rows if r.get("model") == name and "loss" in r) for name in config.models}
+    assert steps == {"latent_ode": 5, "rnn_paper": 2} and m["seeds"] == 1
+    with pytest.raises(ValueError, match="latent_iters must be None"):
+        E.run(dataclasses.replace(config, latent_iters=0), Run(tmp_path / "bad"))

@@ -147,6 +147,7 @@ class Config:
     gradient: str = "direct"  # 4-D latent: backprop through dopri5 is cheaper than the adjoint here
     # training
     iters: int = 5000
+    latent_iters: int | None = None  # the latent ODE's steps (None: iters); its lr decay and warm-up scale with them
     batch_size: int = 100
     lr: float = 1e-2
     lr_final: float = 1e-3  # exponential decay from lr to lr_final over the iterations
@@ -274,7 +275,8 @@ def _train(index: int, name: str, seed: int, config: Config, data: _Data, run: R
     torch.manual_seed(seed * 1000 + index)
     model = _make(name, config, data.scale).to(run.device)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
-    gamma = (config.lr_final / config.lr) ** (1.0 / max(config.iters, 1))
+    iters = model_iters(name, config)
+    gamma = (config.lr_final / config.lr) ** (1.0 / max(iters, 1))
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=gamma)
     step, losses, train_s = 0, [], 0.0
     ckpt = run.last_checkpoint
@@ -292,9 +294,9 @@ def _train(index: int, name: str, seed: int, config: Config, data: _Data, run: R
 
     counts = tuple(config.obs_counts)
     train = data.train
-    bar = run.progress(config.iters, f"{MODEL_LABELS[name]}, seed {seed}", initial=step)
+    bar = run.progress(iters, f"{MODEL_LABELS[name]}, seed {seed}", initial=step)
     model.train()
-    while step < config.iters:
+    while step < iters:
         run.check_interrupt(state)
         t0 = time.perf_counter()
         idx = torch.randint(len(train), (config.batch_size,))
@@ -321,14 +323,19 @@ def _train(index: int, name: str, seed: int, config: Config, data: _Data, run: R
         losses.append(float(loss.item()))
         bar.update()
         bar.set_postfix(loss=f"{loss.item():.4g}", nfe=nfe)
-        if step % config.log_every == 0 or step == config.iters:
+        if step % config.log_every == 0 or step == iters:
             run.log(step, model=name, seed=seed, loss=loss.item(), nll_per_coord=per_point, nfe=nfe,
                     lr=sched.get_last_lr()[0])
-        if step % config.checkpoint_every == 0 or step == config.iters:
+        if step % config.checkpoint_every == 0 or step == iters:
             run.save_checkpoint(state())
     bar.close()
     return {"state": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, "losses": losses,
             "train_s": train_s}
+
+
+def model_iters(name: str, config: Config) -> int:
+    """Training steps of model ``name``: ``latent_iters`` for the latent ODE when set, else ``iters``."""
+    return config.latent_iters if name == "latent_ode" and config.latent_iters is not None else config.iters
 
 
 def _horizon(config: Config, step: int, window: float) -> float:
@@ -347,7 +354,7 @@ def _horizon(config: Config, step: int, window: float) -> float:
     """
     if config.horizon_warmup <= 0:
         return window
-    frac = min(1.0, step / (config.horizon_warmup * config.iters))
+    frac = min(1.0, step / (config.horizon_warmup * model_iters("latent_ode", config)))
     return window * (config.horizon_start + (1.0 - config.horizon_start) * frac)
 
 
@@ -480,6 +487,9 @@ def run(config: Config, run: Run) -> dict[str, Any]:
     if unknown:
         raise ValueError(f"unknown models {unknown}; choose from {', '.join(MODEL_LABELS)}")
     seeds = model_seeds(config, run)
+    if config.latent_iters is not None and (isinstance(config.latent_iters, bool) or not isinstance(config.latent_iters, int)
+                                            or config.latent_iters < 1):
+        raise ValueError(f"latent_iters must be None (= iters) or an int >= 1, got {config.latent_iters!r}")
     torch.set_num_threads(config.threads)
     data = _load(config, run)
     state = run.load_checkpoint()
@@ -498,7 +508,7 @@ def run(config: Config, run: Run) -> dict[str, Any]:
             model.load_state_dict(done[key]["state"])
             trained[seed][name] = model.to(run.device)
             evals[seed][name] = _evaluate(model, name, config, data)
-            run.log(config.iters, model=name, seed=seed, **{f"test_{k}": v for k, v in evals[seed][name].items()})
+            run.log(model_iters(name, config), model=name, seed=seed, **{f"test_{k}": v for k, v in evals[seed][name].items()})
     baseline = _mean_trajectory(config, data)
     per_seed = {seed: _seed_metrics(config, evals[seed], {n: done[_key(n, seed)] for n in config.models})
                 for seed in seeds}
@@ -614,7 +624,9 @@ def _report(run: Run, config: Config, data: _Data, trained: dict[str, LatentODE 
            if config.test_windows == "covered" else "as the training windows; ")
         + f"capped-radius oracle RMSE {metrics['oracle_rmse_capped_radius']:.3g}); "
         f"observations: fixed random subsets of {', '.join(map(str, counts))} of the "
-        f"observation window. One model of each kind trained on all counts: {config.iters} steps, batch "
+        f"observation window. One model of each kind trained on all counts: {config.iters} steps"
+        + (f" (latent ODE: {model_iters('latent_ode', config)})" if model_iters("latent_ode", config) != config.iters else "")
+        + ", batch "
         f"{config.batch_size}, Adam lr {config.lr:g} -> {config.lr_final:g}; likelihood std {_obs_std(config)}; "
         f"latent ODE horizon warm-up over {config.horizon_warmup:g} of the steps from {config.horizon_start:g} "
         "of the window. "
