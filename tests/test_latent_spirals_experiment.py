@@ -15,7 +15,7 @@ torch.set_num_threads(1)
 
 
 def _tiny() -> E.Config:
-    return E.Config(n_spirals=40, n_total=100, n_window=20, obs_counts=(5, 10, 20), iters=6, batch_size=8,
+    return E.Config(n_spirals=40, n_total=100, n_window=20, obs_counts=(5, 10, 20), iters=6, latent_iters=None, batch_size=8,
                     checkpoint_every=2, log_every=1, latent_dim=3, rec_hidden=6, ode_hidden=6, rnn_hidden=6,
                     rnn_head_hidden=6, eval_batch_size=7, n_plot=1)
 
@@ -29,10 +29,11 @@ def test_config_defaults_are_the_full_protocol_and_quick_is_shorter():
     assert E.PAPER_RMSE == {"latent_ode": {30: 0.1642, 50: 0.1502, 100: 0.1346},
                             "rnn_paper": {30: 0.3937, 50: 0.3202, 100: 0.1813}}  # Chen et al., Table 2
     assert quick.iters < full.iters and quick.n_spirals == full.n_spirals
+    assert (full.iters, full.latent_iters, quick.latent_iters) == (5000, 10000, None)  # quick: every model 300 steps
 
 
 def test_horizon_warm_up_grows_linearly_to_the_window_and_keeps_each_first_observation():
-    config = E.Config(iters=100, horizon_warmup=0.5, horizon_start=0.2)
+    config = E.Config(iters=7, latent_iters=100, horizon_warmup=0.5, horizon_start=0.2)  # the latent ODE's steps count
     assert [E._horizon(config, step, 4.0) for step in (0, 25, 50, 99)] == pytest.approx([0.8, 2.4, 4.0, 4.0])
     assert E._horizon(dataclasses.replace(config, horizon_warmup=0.0), 0, 4.0) == 4.0
     t = torch.tensor([[0.5, 1.0, 2.0], [3.0, 4.0, 5.0], [0.1, 0.2, 0.0]])
