@@ -189,3 +189,18 @@ def test_experiment_metrics_agree_between_union_and_compact_batches():
         for key in ("mse_rpc", "extrap_mse_rpc", "interp_mse", "extrap_mse", "auc"):
             assert res["compact"][key] == pytest.approx(res["union"][key], rel=1e-5, abs=1e-9), (name, key)
         np.testing.assert_allclose(res["compact"]["probs"], res["union"]["probs"], rtol=1e-5)
+
+
+def test_ode_rnn_state_starts_moving_at_the_patients_first_observation():
+    """Rows before a patient's first observation (a batch-mate's times, held-out rows) leave its state
+    at 0 however long the gaps: the state starts at the first observation, not at the grid's start."""
+    model = _model("ode_rnn", False)
+    times = torch.tensor([0.0, 10.0, 20.0, 30.0], dtype=torch.float64)
+    values = torch.randn(2, 4, C, dtype=torch.float64)
+    mask = torch.zeros(2, 4, C)
+    mask[0, 0, 0] = mask[1, 2, 1] = mask[1, 3, 0] = 1.0  # patient 1 first observed at row 2
+    with torch.no_grad():
+        sc = model.scan(times, values, mask)
+        late = model.scan(times[2:], values[1:, 2:], mask[1:, 2:])
+    assert torch.all(sc.before[1, :3] == 0) and torch.all(sc.before[0, 1:] != sc.after[0, 0])
+    torch.testing.assert_close(sc.h[1:], late.h, rtol=1e-12, atol=1e-12)

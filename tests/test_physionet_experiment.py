@@ -62,7 +62,7 @@ def test_quick_experiment_runs_and_beats_the_training_mean(tmp_path, monkeypatch
         assert 0.0 <= m[f"{model}/auc"] <= 1.0
         assert m[f"{model}/auc_ci_lo"] <= m[f"{model}/auc"] <= m[f"{model}/auc_ci_hi"]
         assert np.isfinite(m[f"{model}/mse_rpc"])
-    assert m["min_auc"] >= 0.65  # issue 12: no model near chance in the quick configuration (seed 0: 0.70-0.81)
+    assert m["min_auc"] >= 0.65  # issue 12: no model near chance in the quick configuration (seed 0, compact batches: 0.69-0.81)
     for model in E.ODE_MODELS:
         assert m[f"{model}/nfe_forward"] > 0
     assert m["best_interp_mse"] < m["mean_baseline_interp_mse"]

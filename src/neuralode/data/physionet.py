@@ -17,7 +17,8 @@ Pipeline (each step is a plain function, so tests can drive any of them on their
 3. :class:`Normaliser` - per-variable min-max (Rubanova et al.) or z-score statistics fitted on
    the training patients' observations only.
 4. :func:`to_patients` - one dense ``(T_i, 37)`` value/mask pair per stay, time in hours,
-   optionally rounded to a grid (Rubanova et al. use 0.1 h), repeated measurements at one
+   optionally rounded to a grid (Rubanova et al.'s PhysioNet command: ``--quantization 0.016``, 1 minute;
+   their code's default 0.1 h), repeated measurements at one
    (rounded) time averaged.
 5. :func:`collate` - a batch: by default each patient on its own observation times, padded to
    the batch's longest patient (``"compact"``); or, as Rubanova et al. batch, every patient on

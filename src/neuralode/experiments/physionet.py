@@ -175,7 +175,9 @@ class Config:
         trained on every batch (no extrapolation batches: with half the batches and 5 epochs the
         latent ODEs' AUC was 0.45-0.70 over seeds), and the KL averaged over the latents (Rubanova et
         al.): summed, it is 10x heavier and left one of 5 seeds of the ODE-RNN-encoded latent ODE at
-        AUC 0.623 (averaged, the same seeds gave 0.703-0.722)."""
+        AUC 0.623 (averaged, the same seeds gave 0.703-0.722). Quick sets its own 1 h grid, so ``--quick --set protocol=rubanova``
+        keeps it (a field quick sets is no default for the protocol to fill); their 1-minute grid is
+        ``--set round_hours=0.016666666666666666``, which the full ``protocol=rubanova`` uses."""
         return cls(n_patients=800, split=(0.5, 0.0, 0.5), round_hours=1.0, epochs=8, batch_size=40, lr=1e-2,
                    hidden=24, latent=10, rec_hidden=24, units=24, classifier_hidden=32, eval_batch_size=100,
                    p_extrap=0.0, plot_patients=2, kl_mean_over_dims=True)
