@@ -82,6 +82,19 @@ def one_eval_cost(field: Callable, t: torch.Tensor, y: torch.Tensor, calls: int 
     return Timing(m.wall / calls, m.cpu / calls)
 
 
+class EpochRun:
+    """The pieces of an experiment's ``Run`` that loading data and one training epoch use (prints
+    ``info``, drops ``log``): lets a benchmark time an experiment's epoch without a run folder."""
+
+    device = torch.device("cpu")
+
+    def info(self, msg: str) -> None:
+        print(f"  {msg}")
+
+    def log(self, *args, **kwargs) -> None:
+        pass
+
+
 class TanhMLP(nn.Module):
     """``dy/dt = MLP(y)``: Linear layers of ``widths`` with tanh between them (the benchmarks' neural field)."""
 

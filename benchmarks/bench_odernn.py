@@ -22,7 +22,7 @@ import math
 
 import torch
 
-from _common import environment, interleaved_medians, setup
+from _common import EpochRun, environment, interleaved_medians, setup
 from neuralode.nn import irregular as I
 
 
@@ -39,25 +39,13 @@ def _batch(rows: int, batch: int, channels: int, density: float, seed: int = 0):
     return times, values, mask
 
 
-class _Run:
-    """The pieces of the experiment's ``Run`` that loading and one training epoch use."""
-
-    device = torch.device("cpu")
-
-    def info(self, msg: str) -> None:
-        print(f"  {msg}")
-
-    def log(self, *args, **kwargs) -> None:
-        pass
-
-
 def epoch_times(n_patients: int, repeats: int, protocol: str) -> None:
     """Wall and CPU seconds of one training epoch of the physionet experiment's ODE-RNN, inline
     Euler vs one solve per row, interleaved in one process (the weights train on between epochs;
     fixed Euler steps make the work independent of them)."""
     from neuralode.experiments import physionet as E
 
-    run = _Run()
+    run = EpochRun()
     config = E.resolve(E.Config(protocol=protocol, n_patients=n_patients, models=("ode_rnn",)))
     data = E._load(config, run)
     torch.manual_seed(0)

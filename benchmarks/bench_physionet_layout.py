@@ -24,19 +24,7 @@ from fractions import Fraction
 import numpy as np
 import torch
 
-from _common import environment, setup
-
-
-class _Run:
-    """The pieces of the experiment's ``Run`` that loading and one training epoch use."""
-
-    device = torch.device("cpu")
-
-    def info(self, msg: str) -> None:
-        print(f"  {msg}")
-
-    def log(self, *args, **kwargs) -> None:
-        pass
+from _common import EpochRun, environment, setup
 
 
 def _rows(patients: list, batch_size: int, layout: str) -> float:
@@ -57,7 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     setup(threads=1)
     print(environment())
-    run = _Run()
+    run = EpochRun()
     models = args.models.split(",")
     full_batches = math.ceil(3200 / 50)
     print("| grid | model | rows/batch union | rows/batch compact | s/epoch union | s/epoch compact | union / compact "
