@@ -89,16 +89,21 @@ def test_ode_rnn_with_a_zero_field_and_no_observations_keeps_its_state():
     torch.testing.assert_close(before[:, 0], torch.zeros(3, 6))
 
 
+def _evolve_shared(func, h, dt, solver):
+    """Every row carried over the same gap ``dt`` (:func:`~neuralode.nn.irregular._evolve_rows`)."""
+    return I._evolve_rows(func, h, h.new_full(h.shape[:1], dt), solver)
+
+
 def test_fixed_step_solver_takes_ceil_of_gap_over_max_step():
     func = I.ODEFunc(2, 4)
     y0 = torch.zeros(1, 2)
-    _, nfe = I._evolve(func, y0, 0.25, I.SolverConfig("euler", max_step=0.1))
+    _, nfe = _evolve_shared(func, y0, 0.25, I.SolverConfig("euler", max_step=0.1))
     assert nfe == 3
-    _, nfe = I._evolve(func, y0, 0.25, I.SolverConfig("rk4", max_step=0.1))
+    _, nfe = _evolve_shared(func, y0, 0.25, I.SolverConfig("rk4", max_step=0.1))
     assert nfe == 12
     # the fixed-grid Adams methods take the grid too (they are not adaptive): 3 steps, rk4 starts
     assert I.SolverConfig("explicit_adams").fixed and not I.SolverConfig("dopri5").fixed
-    _, nfe = I._evolve(func, y0, 0.25, I.SolverConfig("explicit_adams", max_step=0.1))
+    _, nfe = _evolve_shared(func, y0, 0.25, I.SolverConfig("explicit_adams", max_step=0.1))
     assert 3 <= nfe <= 12
 
 
@@ -109,7 +114,7 @@ def test_inline_euler_takes_the_steps_of_a_euler_solve_with_gradients():
     func = I.ODEFunc(3, 8, small_init=False)
     y0 = torch.randn(4, 3, requires_grad=True)
     for dt in (0.01, 0.25, 0.3):  # one step (a gap below max_step), then ceil(dt / max_step) steps
-        got, nfe = I._evolve(func, y0, dt, I.SolverConfig("euler", max_step=0.1))
+        got, nfe = _evolve_shared(func, y0, dt, I.SolverConfig("euler", max_step=0.1))
         n = max(1, math.ceil(dt / 0.1 - 1e-9))
         ref = neuralode.solve(func, y0, torch.tensor([0.0, dt]), method="euler", options={"step_size": dt / n},
                               gradient="direct").ys[-1]

@@ -222,11 +222,6 @@ def _solve_rows(func: nn.Module, h: Tensor, dt: Tensor, solver: SolverConfig) ->
     return cast(Tensor, sol.ys)[-1], int(sol.stats.nfe)  # a tensor y0 gives stacked tensor states
 
 
-def _evolve(func: nn.Module, h: Tensor, dt: float, solver: SolverConfig) -> tuple[Tensor, int]:
-    """``h`` carried over one gap of (scaled) length ``dt`` shared by every row (:func:`_evolve_rows`)."""
-    return _evolve_rows(func, h, h.new_full(h.shape[:1], max(float(dt), 0.0)), solver)
-
-
 def _row_times(times: Tensor, values: Tensor) -> Tensor:
     """The (B, T) row times of a batch whose ``times`` are shared (T,) or per patient (B, T)."""
     B, T = values.shape[:2]
@@ -487,7 +482,6 @@ class GRUDelta(nn.Module):
 
 
 class GRUDecay(nn.Module):
-    x_mean: Tensor  # a buffer
     """RNN-decay / GRU-D (Che et al., "Recurrent Neural Networks for Multivariate Time Series
     with Missing Values", Sci. Rep. 2018).
 
@@ -497,6 +491,8 @@ class GRUDecay(nn.Module):
     ``[x_hat, m]``. ``x_mean`` is a buffer: the training means (set by :meth:`set_mean`).
     ``predict`` and ``decoder_hidden`` as :class:`ODERNN`'s (``"before"``: from the decayed state).
     """
+
+    x_mean: Tensor  # a buffer (set_mean)
 
     def __init__(self, n_channels: int, hidden: int = 50, time_scale: float = 1 / 48, decoder_hidden: int = 0,
                  predict: str = "before"):
@@ -575,7 +571,7 @@ class LatentODE(nn.Module):
             raise ValueError(f"encoder must be 'odernn' or 'rnn', got {encoder!r}")
         if heads not in ("ours", "rubanova"):
             raise ValueError(f"heads must be 'ours' or 'rubanova', got {heads!r}")
-        self.encoder_kind, self.latent, self.time_scale, self.heads = encoder, latent, time_scale, heads
+        self.latent, self.time_scale, self.heads = latent, time_scale, heads
         self.state_dim = latent
         rub = heads == "rubanova"
         if encoder == "odernn":
