@@ -91,19 +91,24 @@ class _StopAfter(Run):
         super().check_interrupt(save)
 
 
+def _interrupted_then_resumed(folder, config, seed: int, stop_at: int) -> dict:
+    """Run the experiment in ``folder``, interrupted at step ``stop_at``, then resumed to the end: its metrics."""
+    with _StopAfter(folder, config=config, seed=seed, stop_at=stop_at) as run:
+        run.start()
+        with pytest.raises(KeyboardInterrupt):
+            E.run(config, run)
+    with Run(folder, config=config, seed=seed, resume=True) as run:
+        run.start()
+        return E.run(config, run)
+
+
 @pytest.mark.parametrize("stop_at", [4])  # inside the first model (the second then trains after the resume)
 def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(tmp_path, stop_at):
     config = _tiny()
     with Run(tmp_path / "a", config=config, seed=3) as run:
         run.start()
         straight = E.run(config, run)
-    with _StopAfter(tmp_path / "b", config=config, seed=3, stop_at=stop_at) as run:
-        run.start()
-        with pytest.raises(KeyboardInterrupt):
-            E.run(config, run)
-    with Run(tmp_path / "b", config=config, seed=3, resume=True) as run:
-        run.start()
-        resumed = E.run(config, run)
+    resumed = _interrupted_then_resumed(tmp_path / "b", config, seed=3, stop_at=stop_at)
     assert _untimed(resumed) == _untimed(straight)
     assert set(resumed) == set(straight)
     assert (tmp_path / "b" / "figures" / "spirals.png").is_file()
@@ -134,13 +139,7 @@ def test_seeds_must_be_a_positive_int(tmp_path):
 @pytest.mark.parametrize("stop_at", [8])  # inside seed 4's latent ODE (seed 3's two models took 2 x 3 steps)
 def test_multi_seed_run_resumes_across_seeds_and_each_seed_equals_its_single_seed_run(tmp_path, stop_at):
     config = dataclasses.replace(_tiny(), models=("latent_ode", "rnn_paper"), iters=3, checkpoint_every=1, seeds=2)
-    with _StopAfter(tmp_path / "multi", config=config, seed=3, stop_at=stop_at) as run:
-        run.start()
-        with pytest.raises(KeyboardInterrupt):
-            E.run(config, run)
-    with Run(tmp_path / "multi", config=config, seed=3, resume=True) as run:
-        run.start()
-        resumed = E.run(config, run)
+    resumed = _interrupted_then_resumed(tmp_path / "multi", config, seed=3, stop_at=stop_at)
     single = {}
     for seed in (3, 4):
         one = dataclasses.replace(config, seeds=1)
